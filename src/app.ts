@@ -1,0 +1,170 @@
+import { randomUUID } from 'node:crypto'
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import type { DestinationStream, Logger } from 'pino'
+import type { Config } from './config.js'
+import { proxyError } from './errors.js'
+import { createForwarder } from './forward.js'
+import { buildLogger } from './logging.js'
+import { sendError, toProxyError } from './render-error.js'
+import { registerChatCompletionsRoutes } from './routes/chat-completions.js'
+import { registerHealthRoutes, type Lifecycle } from './routes/health.js'
+import { registerModelsRoutes } from './routes/models.js'
+import { buildUpstreamClient, type UpstreamClient } from './upstream/client.js'
+
+/**
+ * buildApp wires the server from a validated config and its dependencies. Nothing here runs at
+ * import time; main.ts (or a test) decides when to listen.
+ */
+
+export interface AppDependencies {
+  /** Where log lines go; defaults to stdout. Tests capture it. */
+  readonly logDestination?: DestinationStream
+  readonly logger?: Logger
+  readonly upstream?: UpstreamClient
+}
+
+export interface ProxyApp {
+  readonly app: FastifyInstance
+  readonly lifecycle: Lifecycle
+  readonly logger: Logger
+}
+
+const SANE_REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/
+const ALL_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'] as const
+
+export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
+  const logger = deps.logger ?? buildLogger(config.log.level, deps.logDestination)
+  const upstream = deps.upstream ?? buildUpstreamClient(config.upstream)
+  const lifecycle: Lifecycle = { draining: false }
+
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    // One line per request is written by the onResponse hook below, with the upstream's side.
+    logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'reqId' }),
+    bodyLimit: config.server.bodyLimitBytes,
+    requestIdHeader: false,
+    genReqId: requestIdFrom,
+    // Long streams are legitimate; the inbound limits below bound slow clients instead.
+    connectionTimeout: 0,
+    keepAliveTimeout: config.server.keepAliveTimeoutMs,
+    requestTimeout: config.server.requestTimeoutMs,
+    return503OnClosing: false,
+    forceCloseConnections: 'idle',
+    routerOptions: { ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, maxParamLength: 500 },
+    clientErrorHandler: answerMalformedRequest,
+  })
+  app.server.headersTimeout = config.server.headersTimeoutMs
+
+  app.decorateRequest('upstreamTrace', null)
+
+  // The body is kept as bytes: the route validates it and forwards the client's own bytes.
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => done(null, body))
+
+  app.addHook('onRequest', (request, reply, done) => {
+    reply.header('x-request-id', request.id)
+    if (lifecycle.draining && request.url !== '/readyz' && request.url !== '/healthz') {
+      reply.header('connection', 'close')
+      sendError(reply, proxyError('service_unavailable'))
+      return
+    }
+    done()
+  })
+
+  app.addHook('onResponse', (request, reply, done) => {
+    const trace = request.upstreamTrace
+    request.log.info(
+      {
+        method: request.method,
+        route: request.routeOptions.url ?? 'unmatched',
+        status: reply.statusCode,
+        model: trace?.model,
+        attempts: trace?.attempts ?? 0,
+        upstreamStatus: trace?.upstreamStatus,
+        upstreamMs: trace?.upstreamMs,
+        durationMs: Math.round(reply.elapsedTime),
+      },
+      'request',
+    )
+    done()
+  })
+
+  app.setErrorHandler((error, request, reply) => {
+    const proxyErr = toProxyError(error)
+    if (proxyErr.status >= 500 && proxyErr.code === 'internal_error') {
+      request.log.error({ err: error }, 'unexpected error')
+    }
+    if (reply.sent || reply.raw.headersSent) {
+      reply.raw.destroy()
+      return
+    }
+    return sendError(reply, proxyErr)
+  })
+
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0] ?? ''
+    const shown = path.length > 200 ? `${path.slice(0, 200)}…` : path
+    return sendError(reply, proxyError('route_not_found', `Unknown route: ${request.method} ${shown}`))
+  })
+
+  const forwarder = createForwarder(config, upstream)
+  registerChatCompletionsRoutes(app, forwarder)
+  registerModelsRoutes(app, forwarder)
+  registerHealthRoutes(app, lifecycle, { details: () => ({}) })
+  registerMethodNotAllowed(app, { '/chat/completions': ['POST'], '/v1/chat/completions': ['POST'] })
+  registerMethodNotAllowed(app, {
+    '/models': ['GET', 'HEAD'],
+    '/v1/models': ['GET', 'HEAD'],
+    '/models/*': ['GET', 'HEAD'],
+    '/v1/models/*': ['GET', 'HEAD'],
+    '/healthz': ['GET', 'HEAD'],
+    '/readyz': ['GET', 'HEAD'],
+  })
+
+  app.addHook('onClose', async () => {
+    await upstream.close()
+  })
+
+  return { app, lifecycle, logger }
+}
+
+function requestIdFrom(request: { headers: Record<string, string | string[] | undefined> }): string {
+  const offered = request.headers['x-request-id']
+  return typeof offered === 'string' && SANE_REQUEST_ID.test(offered) ? offered : randomUUID()
+}
+
+function registerMethodNotAllowed(app: FastifyInstance, allowedByUrl: Record<string, readonly string[]>): void {
+  for (const [url, allowed] of Object.entries(allowedByUrl)) {
+    const others = ALL_METHODS.filter((method) => !allowed.includes(method))
+    app.route({
+      method: others,
+      url,
+      handler: (request, reply) => {
+        reply.header('allow', allowed.join(', '))
+        return sendError(reply, proxyError('method_not_allowed', `${request.method} is not allowed here; use ${allowed.join(' or ')}`))
+      },
+    })
+  }
+}
+
+/** Requests Node's parser rejects (hostile headers, bad framing) still get the error shape. */
+function answerMalformedRequest(error: Error & { code?: string }, socket: Socket): void {
+  if (!socket.writable) {
+    socket.destroy()
+    return
+  }
+  const rejection =
+    error.code === 'HPE_HEADER_OVERFLOW' ? proxyError('headers_too_large') : proxyError('invalid_request', 'Malformed HTTP request')
+  const body = JSON.stringify(rejection.toBody())
+  socket.end(
+    `HTTP/1.1 ${rejection.status} ${STATUS_CODES[rejection.status] ?? ''}\r\n` +
+      'content-type: application/json; charset=utf-8\r\n' +
+      `content-length: ${Buffer.byteLength(body)}\r\n` +
+      `x-request-id: ${randomUUID()}\r\n` +
+      'x-should-retry: false\r\n' +
+      'connection: close\r\n\r\n' +
+      body,
+  )
+}

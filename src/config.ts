@@ -1,0 +1,298 @@
+import { readFileSync } from 'node:fs'
+import { Ajv, type ErrorObject } from 'ajv'
+import { parse as parseYaml } from 'yaml'
+
+/**
+ * Configuration: defaults < YAML file < environment < flags, validated once against one JSON
+ * schema (which also carries every default) and frozen. Secrets are never read from the file.
+ */
+
+export interface Config {
+  readonly listen: { readonly host: string; readonly port: number }
+  readonly upstream: {
+    readonly baseUrl: string
+    readonly connectTimeoutMs: number
+    readonly firstByteTimeoutMs: number
+    readonly responseTimeoutMs: number
+    readonly streamIdleTimeoutMs: number
+    readonly requestTimeoutMs: number
+    readonly maxConnections: number
+    readonly keepAliveTimeoutMs: number
+    readonly maxErrorBodyBytes: number
+  }
+  readonly retry: {
+    readonly maxAttempts: number
+    readonly baseDelayMs: number
+    readonly maxDelayMs: number
+    readonly maxRetryAfterMs: number
+    readonly budgetPercent: number
+    readonly budgetMinPerSecond: number
+  }
+  readonly breaker: {
+    readonly errorThresholdPercentage: number
+    readonly volumeThreshold: number
+    readonly rollingWindowMs: number
+    readonly resetTimeoutMs: number
+  }
+  readonly fallbacks: Readonly<Record<string, readonly string[]>>
+  readonly models: { readonly cacheTtlMs: number; readonly staleIfErrorMs: number }
+  readonly server: {
+    readonly bodyLimitBytes: number
+    readonly drainTimeoutMs: number
+    readonly headersTimeoutMs: number
+    readonly requestTimeoutMs: number
+    readonly keepAliveTimeoutMs: number
+  }
+  readonly log: { readonly level: LogLevel }
+  /** From TOPROUTER_API_KEY only; replaces the client's Authorization when set. */
+  readonly apiKey: string | undefined
+}
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+
+const ms = (defaultMs: number, minimum = 0) => ({ type: 'integer', minimum, default: defaultMs })
+const section = (properties: Record<string, unknown>) => ({
+  type: 'object',
+  additionalProperties: false,
+  default: {},
+  properties,
+})
+
+/** The schema is the single source of defaults; config.example.yaml is tested against it. */
+export const CONFIG_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    listen: section({
+      host: { type: 'string', minLength: 1, default: '127.0.0.1' },
+      port: { type: 'integer', minimum: 0, maximum: 65535, default: 8787 },
+    }),
+    upstream: section({
+      baseUrl: { type: 'string', format: 'http-url', default: 'https://toprouter.cc' },
+      connectTimeoutMs: ms(5000, 1),
+      firstByteTimeoutMs: ms(60000, 1),
+      responseTimeoutMs: ms(600000, 1),
+      streamIdleTimeoutMs: ms(60000, 1),
+      requestTimeoutMs: ms(600000, 1),
+      maxConnections: { type: 'integer', minimum: 1, default: 128 },
+      keepAliveTimeoutMs: ms(30000, 1),
+      maxErrorBodyBytes: { type: 'integer', minimum: 1024, default: 1048576 },
+    }),
+    retry: section({
+      maxAttempts: { type: 'integer', minimum: 1, maximum: 10, default: 3 },
+      baseDelayMs: ms(500),
+      maxDelayMs: ms(8000),
+      maxRetryAfterMs: ms(60000),
+      budgetPercent: { type: 'number', minimum: 0, maximum: 100, default: 10 },
+      budgetMinPerSecond: { type: 'number', minimum: 0, default: 5 },
+    }),
+    breaker: section({
+      errorThresholdPercentage: { type: 'number', exclusiveMinimum: 0, maximum: 100, default: 50 },
+      volumeThreshold: { type: 'integer', minimum: 1, default: 10 },
+      rollingWindowMs: ms(10000, 100),
+      resetTimeoutMs: ms(30000, 1),
+    }),
+    fallbacks: {
+      type: 'object',
+      default: {},
+      additionalProperties: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 10 },
+    },
+    models: section({
+      cacheTtlMs: ms(60000),
+      staleIfErrorMs: ms(86400000),
+    }),
+    server: section({
+      bodyLimitBytes: { type: 'integer', minimum: 1024, default: 10485760 },
+      drainTimeoutMs: ms(30000),
+      headersTimeoutMs: ms(30000, 1),
+      requestTimeoutMs: ms(60000, 1),
+      keepAliveTimeoutMs: ms(72000, 1),
+    }),
+    log: section({
+      level: { type: 'string', enum: LOG_LEVELS, default: 'info' },
+    }),
+  },
+} as const
+
+/** A config value that cannot be used; startup stops with exit code 2 and this message. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'ConfigError'
+  }
+}
+
+export interface ConfigSources {
+  /** Path of the YAML file, if any (from --config or TOPROUTER_PROXY_CONFIG). */
+  readonly configPath?: string | undefined
+  readonly env?: Readonly<Record<string, string | undefined>>
+  readonly flags?: { readonly host?: string | undefined; readonly port?: string | undefined; readonly upstream?: string | undefined }
+  readonly readFile?: (path: string) => string
+}
+
+type Origin = string
+type RawConfig = Record<string, Record<string, unknown>>
+
+const ajv = new Ajv({ useDefaults: true, allErrors: false, strict: true })
+ajv.addFormat('http-url', isHttpUrl)
+const validateSchema = ajv.compile(CONFIG_SCHEMA)
+
+function isHttpUrl(value: string): boolean {
+  try {
+    const url = new URL(value)
+    return (url.protocol === 'http:' || url.protocol === 'https:') && url.search === '' && url.hash === ''
+  } catch {
+    return false
+  }
+}
+
+export function loadConfig(sources: ConfigSources = {}): Config {
+  const env = sources.env ?? {}
+  const readFile = sources.readFile ?? ((path: string) => readFileSync(path, 'utf8'))
+  const origins = new Map<string, Origin>()
+  const raw: RawConfig = {}
+
+  const configPath = sources.configPath ?? nonEmpty(env.TOPROUTER_PROXY_CONFIG)
+  if (configPath !== undefined) {
+    Object.assign(raw, readYamlFile(configPath, readFile))
+    for (const [sectionName, value] of Object.entries(raw)) {
+      if (isPlainObject(value)) {
+        for (const key of Object.keys(value)) origins.set(`${sectionName}.${key}`, `in ${configPath}`)
+      }
+    }
+  }
+
+  const set = (path: string, value: unknown, origin: Origin) => {
+    const [sectionName, key] = path.split('.') as [string, string]
+    const target = isPlainObject(raw[sectionName]) ? raw[sectionName] : (raw[sectionName] = {})
+    target[key] = value
+    origins.set(path, origin)
+  }
+  const envOverrides: ReadonlyArray<[string, string, (v: string) => unknown]> = [
+    ['TOPROUTER_BASE_URL', 'upstream.baseUrl', String],
+    ['HOST', 'listen.host', String],
+    ['PORT', 'listen.port', numberOrString],
+    ['LOG_LEVEL', 'log.level', (v) => v.toLowerCase()],
+  ]
+  for (const [name, path, convert] of envOverrides) {
+    const value = nonEmpty(env[name])
+    if (value !== undefined) set(path, convert(value), `from environment variable ${name}`)
+  }
+  const flags = sources.flags ?? {}
+  if (flags.host !== undefined) set('listen.host', flags.host, 'from flag --host')
+  if (flags.port !== undefined) set('listen.port', numberOrString(flags.port), 'from flag --port')
+  if (flags.upstream !== undefined) set('upstream.baseUrl', flags.upstream, 'from flag --upstream')
+
+  if (!validateSchema(raw)) {
+    throw new ConfigError(describeSchemaError(validateSchema.errors?.[0], raw, origins))
+  }
+  const validated = raw as unknown as Omit<Config, 'apiKey'>
+  const upstream = { ...validated.upstream, baseUrl: validated.upstream.baseUrl.replace(/\/+$/, '') }
+  for (const [model, chain] of Object.entries(validated.fallbacks)) {
+    if (chain.includes(model)) {
+      throw new ConfigError(`config error: fallbacks."${model}" must not list the model itself, found ${JSON.stringify(chain)}`)
+    }
+  }
+
+  const apiKey = nonEmpty(env.TOPROUTER_API_KEY)
+  if (apiKey !== undefined && !/^[\x21-\x7e]+$/.test(apiKey)) {
+    throw new ConfigError(
+      'config error: TOPROUTER_API_KEY must be printable ASCII without spaces, found a value with other characters',
+    )
+  }
+  return deepFreeze({ ...validated, upstream, apiKey })
+}
+
+function readYamlFile(path: string, readFile: (path: string) => string): RawConfig {
+  let text: string
+  try {
+    text = readFile(path)
+  } catch (err: unknown) {
+    throw new ConfigError(`config error: cannot read config file ${path}: ${(err as Error).message}`)
+  }
+  let parsed: unknown
+  try {
+    parsed = parseYaml(text)
+  } catch (err: unknown) {
+    throw new ConfigError(`config error: ${path} is not valid YAML: ${(err as Error).message.split('\n')[0]}`)
+  }
+  if (parsed === null || parsed === undefined) return {}
+  if (!isPlainObject(parsed)) {
+    throw new ConfigError(`config error: ${path} must hold a YAML mapping of sections, found ${describeValue(parsed)}`)
+  }
+  for (const secretKey of ['apiKey', 'api_key', 'key', 'token']) {
+    if (JSON.stringify(parsed).includes(`"${secretKey}"`)) {
+      throw new ConfigError(
+        `config error: ${path} holds "${secretKey}": secrets come from the environment (TOPROUTER_API_KEY), never from the config file`,
+      )
+    }
+  }
+  return parsed as RawConfig
+}
+
+function describeSchemaError(error: ErrorObject | undefined, raw: RawConfig, origins: Map<string, Origin>): string {
+  if (error === undefined) return 'config error: invalid configuration'
+  const segments = error.instancePath.split('/').filter(Boolean)
+  if (error.keyword === 'additionalProperties') {
+    const extra = String((error.params as { additionalProperty: string }).additionalProperty)
+    const where = [...segments, extra].join('.')
+    const known = segments.length === 0 ? Object.keys(CONFIG_SCHEMA.properties) : knownKeys(segments[0] ?? '')
+    return `config error: unknown key "${where}" (known keys here: ${known.join(', ')})`
+  }
+  const path = segments.join('.')
+  const found = segments.reduce<unknown>((node, key) => (isPlainObject(node) ? node[key] : undefined), raw)
+  const origin = origins.get(segments.slice(0, 2).join('.'))
+  return `config error: ${path || 'config'} ${expectation(error)}, found ${describeValue(found)}${origin ? ` (${origin})` : ''}`
+}
+
+function expectation(error: ErrorObject): string {
+  const params = error.params as Record<string, unknown>
+  switch (error.keyword) {
+    case 'type':
+      return `must be ${params.type === 'integer' ? 'a whole number' : `a ${String(params.type)}`}`
+    case 'minimum':
+    case 'maximum':
+    case 'exclusiveMinimum':
+      return `must be a number ${String(params.comparison)} ${String(params.limit)}`
+    case 'enum':
+      return `must be one of ${(params.allowedValues as string[]).join(', ')}`
+    case 'format':
+      return 'must be an http:// or https:// URL without query or fragment'
+    case 'minLength':
+      return 'must not be empty'
+    default:
+      return error.message ?? 'is invalid'
+  }
+}
+
+function knownKeys(sectionName: string): string[] {
+  const sectionSchema = (CONFIG_SCHEMA.properties as Record<string, { properties?: object }>)[sectionName]
+  return Object.keys(sectionSchema?.properties ?? {})
+}
+
+function describeValue(value: unknown): string {
+  if (value === undefined) return 'nothing'
+  if (typeof value === 'string') return JSON.stringify(value)
+  return JSON.stringify(value) ?? String(value)
+}
+
+function numberOrString(value: string): number | string {
+  return /^-?\d+(\.\d+)?$/.test(value.trim()) ? Number(value) : value
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value.trim() === '' ? undefined : value.trim()
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    for (const child of Object.values(value)) deepFreeze(child)
+    Object.freeze(value)
+  }
+  return value
+}

@@ -1,0 +1,86 @@
+import type { IncomingHttpHeaders } from 'node:http'
+
+/**
+ * Header filtering in both directions. Hop-by-hop headers (RFC 9110 §7.6.1) describe one
+ * connection and must not be forwarded, nor may any header a `Connection` header names.
+ */
+
+export type HeaderMap = Record<string, string | string[]>
+
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+])
+
+/** Request headers the proxy sets itself, so the client's copies are dropped. */
+const SET_BY_PROXY_ON_REQUEST = new Set(['host', 'content-length', 'accept-encoding', 'expect', 'x-request-id'])
+
+/** Response headers that describe the upstream's body framing; the proxy frames its own. */
+const FRAMING_ON_RESPONSE = new Set(['content-length', 'date'])
+
+/** Entity headers that must not survive when the proxy replaces the body with the error shape. */
+const ENTITY_HEADERS = new Set(['content-type', 'content-length', 'content-encoding', 'etag', 'last-modified', 'date'])
+
+function connectionListed(connection: string | string[] | undefined): Set<string> | undefined {
+  if (connection === undefined) return undefined
+  const listed = new Set<string>()
+  for (const value of Array.isArray(connection) ? connection : [connection]) {
+    for (const token of value.split(',')) {
+      const name = token.trim().toLowerCase()
+      if (name) listed.add(name)
+    }
+  }
+  return listed
+}
+
+/** Client request headers → headers for the upstream request (without auth; see upstream/client). */
+export function forwardableRequestHeaders(incoming: IncomingHttpHeaders): HeaderMap {
+  const listed = connectionListed(incoming.connection)
+  const out: HeaderMap = {}
+  for (const name in incoming) {
+    const value = incoming[name]
+    if (value === undefined) continue
+    if (HOP_BY_HOP.has(name) || SET_BY_PROXY_ON_REQUEST.has(name)) continue
+    if (listed?.has(name)) continue
+    out[name] = value
+  }
+  return out
+}
+
+/** Upstream response headers → headers for the client, on a response whose body is passed through. */
+export function forwardableResponseHeaders(upstream: IncomingHttpHeaders, keepLength: boolean): HeaderMap {
+  const listed = connectionListed(upstream.connection)
+  const out: HeaderMap = {}
+  for (const name in upstream) {
+    const value = upstream[name]
+    if (value === undefined) continue
+    if (HOP_BY_HOP.has(name) || (!keepLength && FRAMING_ON_RESPONSE.has(name)) || name === 'date') continue
+    if (listed?.has(name)) continue
+    out[name] = value
+  }
+  return out
+}
+
+/**
+ * Upstream response headers worth keeping when the proxy replaces the body with an error:
+ * `retry-after`, `x-ratelimit-*` and any other metadata, without entity or hop-by-hop headers.
+ */
+export function errorResponseHeaders(upstream: IncomingHttpHeaders): HeaderMap {
+  const listed = connectionListed(upstream.connection)
+  const out: HeaderMap = {}
+  for (const name in upstream) {
+    const value = upstream[name]
+    if (value === undefined) continue
+    if (HOP_BY_HOP.has(name) || ENTITY_HEADERS.has(name) || name === 'set-cookie') continue
+    if (listed?.has(name)) continue
+    out[name] = value
+  }
+  return out
+}

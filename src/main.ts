@@ -1,0 +1,118 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import closeWithGrace from 'close-with-grace'
+import { buildApp } from './app.js'
+import { ConfigError, loadConfig, type Config } from './config.js'
+import { drain } from './shutdown.js'
+
+/** The CLI: flags → config → app → listen, and a graceful drain on SIGTERM/SIGINT. */
+
+const EXIT_BAD_CONFIG = 2
+
+const HELP = `toprouter-proxy — a dependable local proxy in front of TopRouter (https://toprouter.cc)
+
+Usage: toprouter-proxy [options]
+
+Options:
+  --config <path>    YAML config file (also TOPROUTER_PROXY_CONFIG); see config.example.yaml
+  --host <host>      listen host (default 127.0.0.1; also HOST)
+  --port <port>      listen port (default 8787; also PORT)
+  --upstream <url>   upstream base URL (default https://toprouter.cc; also TOPROUTER_BASE_URL)
+  --check-config     validate the configuration, print it (without secrets) and exit
+  --help             show this help
+  --version          print the version
+
+Environment: TOPROUTER_API_KEY (the upstream key; replaces the client's Authorization),
+TOPROUTER_BASE_URL, HOST, PORT, LOG_LEVEL, TOPROUTER_PROXY_CONFIG.
+Precedence: defaults < config file < environment < flags.
+Point your OpenAI SDK at the printed base_url, e.g. new OpenAI({ baseURL: 'http://127.0.0.1:8787' }).
+`
+
+function readVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  return pkg.version
+}
+
+function parseFlags(argv: string[]) {
+  try {
+    return parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        config: { type: 'string' },
+        host: { type: 'string' },
+        port: { type: 'string' },
+        upstream: { type: 'string' },
+        'check-config': { type: 'boolean' },
+        help: { type: 'boolean' },
+        version: { type: 'boolean' },
+      },
+    }).values
+  } catch (err: unknown) {
+    process.stderr.write(`toprouter-proxy: ${(err as Error).message}\nRun toprouter-proxy --help for usage.\n`)
+    process.exit(EXIT_BAD_CONFIG)
+  }
+}
+
+function describeConfig(config: Config): string {
+  const { apiKey, ...rest } = config
+  return JSON.stringify({ ...rest, apiKey: apiKey === undefined ? 'not set' : 'set (from TOPROUTER_API_KEY)' }, null, 2)
+}
+
+async function main(): Promise<void> {
+  const flags = parseFlags(process.argv.slice(2))
+  if (flags.help) {
+    process.stdout.write(HELP)
+    return
+  }
+  if (flags.version) {
+    process.stdout.write(`${readVersion()}\n`)
+    return
+  }
+
+  let config: Config
+  try {
+    config = loadConfig({
+      configPath: flags.config,
+      env: process.env,
+      flags: { host: flags.host, port: flags.port, upstream: flags.upstream },
+    })
+  } catch (err: unknown) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`toprouter-proxy: ${err.message}\n`)
+      process.exit(EXIT_BAD_CONFIG)
+    }
+    throw err
+  }
+  if (flags['check-config']) {
+    process.stdout.write(`config ok\n${describeConfig(config)}\n`)
+    return
+  }
+
+  const { app, lifecycle, logger } = buildApp(config)
+  closeWithGrace({ delay: null, logger: false }, async ({ signal, err }) => {
+    if (err !== undefined) logger.error({ err }, 'fatal error, shutting down')
+    logger.info({ signal, drainTimeoutMs: config.server.drainTimeoutMs }, 'draining: no new connections, waiting for in-flight requests')
+    const result = await drain(app, lifecycle, config.server.drainTimeoutMs)
+    logger.info(result, 'drained, exiting')
+  })
+
+  try {
+    await app.listen({ host: config.listen.host, port: config.listen.port })
+  } catch (err: unknown) {
+    logger.fatal({ err }, `cannot listen on ${config.listen.host}:${config.listen.port}`)
+    process.exit(1)
+  }
+  const address = app.server.address()
+  const port = typeof address === 'object' && address !== null ? address.port : config.listen.port
+  const shownHost = config.listen.host === '0.0.0.0' || config.listen.host === '::' ? '127.0.0.1' : config.listen.host
+  const baseUrl = `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${port}`
+  logger.info(
+    { host: config.listen.host, port, upstream: config.upstream.baseUrl, auth: config.apiKey === undefined ? 'client Authorization forwarded' : 'TOPROUTER_API_KEY' },
+    `toprouter-proxy listening on ${config.listen.host}:${port}, forwarding to ${config.upstream.baseUrl}; use base_url ${baseUrl} in your OpenAI SDK`,
+  )
+}
+
+await main()
