@@ -2,7 +2,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from './config.js'
 import { proxyError, type ProxyError } from './errors.js'
 import { forwardableRequestHeaders, forwardableResponseHeaders, type HeaderMap } from './http-headers.js'
-import { classifyFailure, type UpstreamClient, type UpstreamResponse } from './upstream/client.js'
+import { classifyFailure, discardBody, type UpstreamClient, type UpstreamResponse } from './upstream/client.js'
 import { normalizeUpstreamError } from './upstream/normalize.js'
 
 /**
@@ -49,6 +49,7 @@ export function createForwarder(config: Config, upstream: UpstreamClient): Forwa
   const configuredAuthorization = config.apiKey === undefined ? undefined : `Bearer ${config.apiKey}`
   const timeouts = config.upstream
   const maxErrorBodyBytes = config.upstream.maxErrorBodyBytes
+  const secret = config.apiKey
   const maxSuccessBodyBytes = 64 * 1024 * 1024
   const readTimeouts = { headersTimeoutMs: timeouts.responseTimeoutMs, bodyTimeoutMs: timeouts.responseTimeoutMs, signal: new AbortController().signal }
 
@@ -107,21 +108,21 @@ export function createForwarder(config: Config, upstream: UpstreamClient): Forwa
     } catch {
       body = undefined // a cut error body still yields an error naming the status
     }
-    return normalizeUpstreamError(response.statusCode, response.headers, body ?? Buffer.alloc(0))
+    return normalizeUpstreamError(response.statusCode, response.headers, body ?? Buffer.alloc(0), secret)
   }
 
   return {
     async forward(request, reply, target) {
       const response = await attempt(request, reply, target)
       if (!isExpectedContentType(response.headers['content-type'], target.stream)) {
-        response.body.destroy()
+        discardBody(response.body)
         throw proxyError(
           'invalid_upstream_response',
           `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}`,
         )
       }
       reply.code(response.statusCode)
-      reply.headers(forwardableResponseHeaders(response.headers, !target.stream))
+      reply.headers(forwardableResponseHeaders(response.headers, !target.stream, secret))
       if (target.stream) {
         reply.header('cache-control', response.headers['cache-control'] ?? 'no-cache')
         reply.header('x-accel-buffering', 'no')
@@ -141,7 +142,7 @@ export function createForwarder(config: Config, upstream: UpstreamClient): Forwa
       if (!isExpectedContentType(response.headers['content-type'], false)) {
         throw proxyError('invalid_upstream_response', `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}`)
       }
-      return { statusCode: response.statusCode, headers: forwardableResponseHeaders(response.headers, false), body }
+      return { statusCode: response.statusCode, headers: forwardableResponseHeaders(response.headers, false, secret), body }
     },
   }
 }
@@ -158,13 +159,13 @@ function isExpectedContentType(contentType: string | string[] | undefined, strea
 }
 
 /** Reads a body up to `limitBytes`; beyond that the rest is discarded and undefined returned. */
-export async function readBounded(body: AsyncIterable<Buffer> & { destroy(): void }, limitBytes: number): Promise<Buffer | undefined> {
+export async function readBounded(body: UpstreamResponse['body'], limitBytes: number): Promise<Buffer | undefined> {
   const chunks: Buffer[] = []
   let length = 0
   for await (const chunk of body) {
     length += chunk.length
     if (length > limitBytes) {
-      body.destroy()
+      discardBody(body)
       return undefined
     }
     chunks.push(chunk)

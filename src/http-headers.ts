@@ -54,15 +54,18 @@ export function forwardableRequestHeaders(incoming: IncomingHttpHeaders): Header
   return out
 }
 
-/** Upstream response headers → headers for the client, on a response whose body is passed through. */
-export function forwardableResponseHeaders(upstream: IncomingHttpHeaders, keepLength: boolean): HeaderMap {
+/**
+ * Upstream response headers → headers for the client, on a response whose body is passed through.
+ * A header whose value contains `secret` (the gateway key, echoed by a careless upstream) is dropped.
+ */
+export function forwardableResponseHeaders(upstream: IncomingHttpHeaders, keepLength: boolean, secret?: string): HeaderMap {
   const listed = connectionListed(upstream.connection)
   const out: HeaderMap = {}
   for (const name in upstream) {
     const value = upstream[name]
     if (value === undefined) continue
     if (HOP_BY_HOP.has(name) || (!keepLength && FRAMING_ON_RESPONSE.has(name)) || name === 'date') continue
-    if (listed?.has(name)) continue
+    if (listed?.has(name) || (secret !== undefined && containsSecret(value, secret))) continue
     out[name] = value
   }
   return out
@@ -72,15 +75,19 @@ export function forwardableResponseHeaders(upstream: IncomingHttpHeaders, keepLe
  * Upstream response headers worth keeping when the proxy replaces the body with an error:
  * `retry-after`, `x-ratelimit-*` and any other metadata, without entity or hop-by-hop headers.
  */
-export function errorResponseHeaders(upstream: IncomingHttpHeaders): HeaderMap {
+export function errorResponseHeaders(upstream: IncomingHttpHeaders, secret?: string): HeaderMap {
   const listed = connectionListed(upstream.connection)
   const out: HeaderMap = {}
   for (const name in upstream) {
     const value = upstream[name]
     if (value === undefined) continue
     if (HOP_BY_HOP.has(name) || ENTITY_HEADERS.has(name) || name === 'set-cookie') continue
-    if (listed?.has(name)) continue
+    if (listed?.has(name) || (secret !== undefined && containsSecret(value, secret))) continue
     out[name] = value
   }
   return out
+}
+
+function containsSecret(value: string | string[], secret: string): boolean {
+  return Array.isArray(value) ? value.some((item) => item.includes(secret)) : value.includes(secret)
 }

@@ -116,3 +116,15 @@ export function classifyFailure(err: unknown, options: Pick<AttemptOptions, 'hea
   }
   return failure('reset', 'upstream_unreachable', `The upstream connection failed (${typeof code === 'string' ? code : 'socket error'})`)
 }
+
+function ignore(): void {}
+
+/**
+ * Lets go of a response body the proxy will not relay. dump() reads a small remainder so the
+ * connection can be reused and closes it otherwise; the error listener keeps a destroyed body's
+ * abort from surfacing as an uncaught exception.
+ */
+export function discardBody(body: UpstreamResponse['body']): void {
+  body.on('error', ignore)
+  body.dump({ limit: 64 * 1024 }).catch(ignore)
+}

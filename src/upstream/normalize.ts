@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http'
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib'
 import { ProxyError, typeForStatus } from '../errors.js'
 import { errorResponseHeaders } from '../http-headers.js'
+import { scrubSecrets } from '../logging.js'
 
 /**
  * Any upstream error response → the one error shape. JSON errors keep their status, message and
@@ -31,9 +32,14 @@ export function defaultCodeForStatus(status: number): string {
   return DEFAULT_CODE_BY_STATUS[status] ?? (status >= 500 ? 'upstream_error' : 'invalid_request')
 }
 
-export function normalizeUpstreamError(status: number, headers: IncomingHttpHeaders, body: Buffer): ProxyError {
+export function normalizeUpstreamError(
+  status: number,
+  headers: IncomingHttpHeaders,
+  body: Buffer,
+  secret?: string,
+): ProxyError {
   const clientStatus = status >= 400 && status <= 599 ? status : 502
-  const passedHeaders = errorResponseHeaders(headers)
+  const passedHeaders = errorResponseHeaders(headers, secret)
   const parsed = parseJsonBody(decodeBody(body, headers['content-encoding']))
   const fields = parsed === undefined ? undefined : errorFields(parsed)
 
@@ -43,7 +49,7 @@ export function normalizeUpstreamError(status: number, headers: IncomingHttpHead
   const message = fields?.message ?? describeNonJson(status, headers['content-type'])
   const type = fields?.type ?? typeForStatus(clientStatus)
   const code = fields?.code ?? defaultCodeForStatus(clientStatus)
-  return new ProxyError(clientStatus, type, code, truncate(message), passedHeaders)
+  return new ProxyError(clientStatus, type, code, truncate(scrubSecrets(message, secret)), passedHeaders)
 }
 
 interface ErrorFields {
