@@ -50,12 +50,17 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     connectionTimeout: 0,
     keepAliveTimeout: config.server.keepAliveTimeoutMs,
     requestTimeout: config.server.requestTimeoutMs,
+    http: {
+      headersTimeout: config.server.headersTimeoutMs,
+      requestTimeout: config.server.requestTimeoutMs,
+      // Node checks these timeouts on this interval (default 30 s); keep it finer than the limits.
+      connectionsCheckingInterval: Math.min(1000, Math.ceil(config.server.headersTimeoutMs / 2)),
+    },
     return503OnClosing: false,
     forceCloseConnections: 'idle',
     routerOptions: { ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, maxParamLength: 500 },
     clientErrorHandler: answerMalformedRequest,
   })
-  app.server.headersTimeout = config.server.headersTimeoutMs
 
   app.decorateRequest('upstreamTrace', null)
 
@@ -156,7 +161,11 @@ function answerMalformedRequest(error: Error & { code?: string }, socket: Socket
     return
   }
   const rejection =
-    error.code === 'HPE_HEADER_OVERFLOW' ? proxyError('headers_too_large') : proxyError('invalid_request', 'Malformed HTTP request')
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? proxyError('headers_too_large')
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? proxyError('request_timeout')
+        : proxyError('invalid_request', 'Malformed HTTP request')
   const body = JSON.stringify(rejection.toBody())
   socket.end(
     `HTTP/1.1 ${rejection.status} ${STATUS_CODES[rejection.status] ?? ''}\r\n` +

@@ -24,6 +24,11 @@ export const ERROR_REGISTRY = Object.freeze({
   },
   route_not_found: { status: 404, type: 'not_found_error', message: 'Unknown route' },
   model_not_found: { status: 404, type: 'not_found_error', message: 'Model not found' },
+  request_timeout: {
+    status: 408,
+    type: 'invalid_request_error',
+    message: 'The request headers or body did not arrive in time',
+  },
   method_not_allowed: { status: 405, type: 'invalid_request_error', message: 'Method not allowed' },
   request_too_large: { status: 413, type: 'invalid_request_error', message: 'Request body is too large' },
   headers_too_large: { status: 431, type: 'invalid_request_error', message: 'Request headers are too large' },

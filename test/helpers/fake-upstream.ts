@@ -15,7 +15,7 @@ export interface RecordedRequest {
   readonly receivedAt: number
 }
 
-export type UpstreamHandler = (req: IncomingMessage, res: ServerResponse, recorded: RecordedRequest, index: number) => void | Promise<void>
+export type UpstreamHandler = (req: IncomingMessage, res: ServerResponse, recorded: RecordedRequest, index: number) => unknown
 
 export interface FakeUpstream {
   readonly url: string

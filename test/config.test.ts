@@ -1,0 +1,120 @@
+import { spawnSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import t from 'tap'
+import { parse } from 'yaml'
+import { CONFIG_SCHEMA, ConfigError, loadConfig } from '../src/config.js'
+
+const exampleText = readFileSync(new URL('../config.example.yaml', import.meta.url), 'utf8')
+const fromYaml = (yaml: string, env: Record<string, string> = {}, flags = {}) =>
+  loadConfig({ configPath: 'cfg.yaml', readFile: () => yaml, env, flags })
+
+t.test('config.example.yaml documents every key, each with its default', async (t) => {
+  const example = parse(exampleText) as Record<string, Record<string, unknown>>
+  const defaults = loadConfig({})
+  const schemaSections = CONFIG_SCHEMA.properties as Record<string, { properties?: Record<string, unknown> }>
+  t.same(Object.keys(example).sort(), Object.keys(schemaSections).sort(), 'same sections as the schema')
+  for (const [section, schema] of Object.entries(schemaSections)) {
+    if (schema.properties === undefined) continue
+    t.same(Object.keys(example[section] ?? {}).sort(), Object.keys(schema.properties).sort(), `${section}: same keys as the schema`)
+    for (const [key, value] of Object.entries(example[section] ?? {})) {
+      t.same(value, (defaults as unknown as Record<string, Record<string, unknown>>)[section]?.[key], `${section}.${key} shows its default`)
+    }
+  }
+  t.same(fromYaml(exampleText), defaults, 'loading the example changes nothing')
+})
+
+t.test('defaults are the spec values, and the result is frozen', async (t) => {
+  const config = loadConfig({})
+  t.same(config.listen, { host: '127.0.0.1', port: 8787 })
+  t.equal(config.upstream.baseUrl, 'https://toprouter.cc')
+  t.equal(config.retry.maxAttempts, 3)
+  t.equal(config.server.bodyLimitBytes, 10 * 1024 * 1024)
+  t.equal(config.apiKey, undefined)
+  t.ok(Object.isFrozen(config) && Object.isFrozen(config.retry) && Object.isFrozen(config.fallbacks))
+  t.throws(() => {
+    ;(config.retry as { maxAttempts: number }).maxAttempts = 9
+  }, TypeError)
+})
+
+t.test('precedence: defaults < file < environment < flags', async (t) => {
+  const yaml = 'listen: { host: 10.0.0.1, port: 9000 }\nupstream: { baseUrl: "http://file.example/" }\nlog: { level: warn }\n'
+  const fileOnly = fromYaml(yaml)
+  t.equal(fileOnly.listen.port, 9000)
+  t.equal(fileOnly.upstream.baseUrl, 'http://file.example', 'a trailing slash is trimmed')
+  t.equal(fileOnly.log.level, 'warn')
+  const withEnv = fromYaml(yaml, { PORT: '9100', HOST: '0.0.0.0', TOPROUTER_BASE_URL: 'http://env.example', LOG_LEVEL: 'DEBUG', TOPROUTER_API_KEY: 'sk-env' })
+  t.same(withEnv.listen, { host: '0.0.0.0', port: 9100 })
+  t.equal(withEnv.upstream.baseUrl, 'http://env.example')
+  t.equal(withEnv.log.level, 'debug')
+  t.equal(withEnv.apiKey, 'sk-env')
+  const withFlags = fromYaml(yaml, { PORT: '9100' }, { port: '9200', host: '::1', upstream: 'https://flag.example/prefix' })
+  t.same(withFlags.listen, { host: '::1', port: 9200 })
+  t.equal(withFlags.upstream.baseUrl, 'https://flag.example/prefix')
+  t.equal(fromYaml('').listen.port, 8787, 'an empty file is all defaults')
+  const viaEnvPath = loadConfig({ env: { TOPROUTER_PROXY_CONFIG: 'x.yaml' }, readFile: (p) => (p === 'x.yaml' ? 'listen: { port: 1234 }' : '') })
+  t.equal(viaEnvPath.listen.port, 1234, 'TOPROUTER_PROXY_CONFIG names the file')
+})
+
+const badConfigs: Array<{ name: string; load: () => unknown; message: RegExp }> = [
+  { name: 'a non-numeric PORT', load: () => fromYaml('', { PORT: 'eighty' }), message: /listen\.port must be a whole number, found "eighty" \(from environment variable PORT\)/ },
+  { name: 'a port out of range from a flag', load: () => fromYaml('', {}, { port: '70000' }), message: /listen\.port must be a number <= 65535, found 70000 \(from flag --port\)/ },
+  { name: 'a negative timeout in the file', load: () => fromYaml('upstream: { connectTimeoutMs: -5 }'), message: /upstream\.connectTimeoutMs must be a number >= 1, found -5 \(in cfg\.yaml\)/ },
+  { name: 'a fractional attempt count', load: () => fromYaml('retry: { maxAttempts: 2.5 }'), message: /retry\.maxAttempts must be a whole number, found 2\.5/ },
+  { name: 'a string where a number goes', load: () => fromYaml('breaker: { resetTimeoutMs: "30s" }'), message: /breaker\.resetTimeoutMs must be a whole number, found "30s"/ },
+  { name: 'a non-http base URL', load: () => fromYaml('', { TOPROUTER_BASE_URL: 'ftp://x' }), message: /upstream\.baseUrl must be an http:\/\/ or https:\/\/ URL.*found "ftp:\/\/x"/ },
+  { name: 'an unknown log level', load: () => fromYaml('log: { level: loud }'), message: /log\.level must be one of fatal, error, warn, info, debug, trace, silent, found "loud"/ },
+  { name: 'a misspelt key', load: () => fromYaml('retry: { maxAttempt: 3 }'), message: /unknown key "retry\.maxAttempt" \(known keys here: maxAttempts/ },
+  { name: 'an unknown section', load: () => fromYaml('retries: {}'), message: /unknown key "retries"/ },
+  { name: 'a fallback list that is not a list', load: () => fromYaml('fallbacks: { "a/b": "c/d" }'), message: /fallbacks\.a~1b must be a array|fallbacks.*must be/ },
+  { name: 'a model falling back to itself', load: () => fromYaml('fallbacks: { "a/b": ["a/b"] }'), message: /must not list the model itself/ },
+  { name: 'a secret in the file', load: () => fromYaml('upstream: { apiKey: sk-oops }'), message: /secrets come from the environment/ },
+  { name: 'YAML that is a list', load: () => fromYaml('- a\n- b'), message: /must hold a YAML mapping/ },
+  { name: 'broken YAML', load: () => fromYaml('listen: { port: [1, }'), message: /is not valid YAML/ },
+  { name: 'a missing file', load: () => loadConfig({ configPath: '/nonexistent/config.yaml' }), message: /cannot read config file \/nonexistent\/config\.yaml/ },
+  { name: 'a key with a space', load: () => fromYaml('', { TOPROUTER_API_KEY: 'sk-a b' }), message: /TOPROUTER_API_KEY must be printable ASCII/ },
+]
+
+for (const c of badConfigs) {
+  t.test(`bad config: ${c.name}`, async (t) => {
+    t.throws(c.load, { name: 'ConfigError', message: c.message })
+    try {
+      c.load()
+    } catch (err: unknown) {
+      t.ok(err instanceof ConfigError)
+      t.notMatch((err as Error).message, /sk-oops/, 'the message never echoes a secret')
+    }
+  })
+}
+
+const cli = (args: string[], env: Record<string, string> = {}) =>
+  spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
+    cwd: new URL('..', import.meta.url),
+    env: { PATH: process.env.PATH ?? '', ...env },
+    encoding: 'utf8',
+    timeout: 20000,
+  })
+
+t.test('CLI: a bad config exits 2 with a message naming key, expectation and value', async (t) => {
+  const result = cli(['--port', 'abc'])
+  t.equal(result.status, 2)
+  t.match(result.stderr, /listen\.port must be a whole number, found "abc" \(from flag --port\)/)
+  const unknownFlag = cli(['--prot', '1'])
+  t.equal(unknownFlag.status, 2)
+  t.match(unknownFlag.stderr, /Unknown option '--prot'/)
+})
+
+t.test('CLI: --help, --version and --check-config', async (t) => {
+  const help = cli(['--help'])
+  t.equal(help.status, 0)
+  t.match(help.stdout, /Usage: toprouter-proxy/)
+  t.match(help.stdout, /--check-config/)
+  const version = cli(['--version'])
+  t.equal(version.status, 0)
+  t.equal(version.stdout.trim(), (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version)
+  const check = cli(['--check-config', '--upstream', 'http://127.0.0.1:1'], { TOPROUTER_API_KEY: 'sk-check-canary-123456' })
+  t.equal(check.status, 0)
+  t.match(check.stdout, /config ok/)
+  t.match(check.stdout, /"baseUrl": "http:\/\/127\.0\.0\.1:1"/)
+  t.notMatch(check.stdout + check.stderr, /sk-check-canary/, 'the key is not printed')
+  t.match(check.stdout, /set \(from TOPROUTER_API_KEY\)/)
+})
