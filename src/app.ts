@@ -5,7 +5,12 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import type { DestinationStream, Logger } from 'pino'
 import type { Config } from './config.js'
 import { proxyError } from './errors.js'
-import { createForwarder } from './forward.js'
+import { createForwarder, MODELS_BREAKER_KEY } from './forward.js'
+import { createMetrics, type Metrics } from './metrics.js'
+import { createModelsCache } from './models-cache.js'
+import { createBreakerRegistry, type BreakerRegistry } from './upstream/breakers.js'
+import { ClientGoneError, createRetrier, isBreakerFailure } from './upstream/retrier.js'
+import { createRetryBudget } from './upstream/retry-budget.js'
 import { buildLogger } from './logging.js'
 import { sendError, toProxyError } from './render-error.js'
 import { registerChatCompletionsRoutes } from './routes/chat-completions.js'
@@ -23,12 +28,18 @@ export interface AppDependencies {
   readonly logDestination?: DestinationStream
   readonly logger?: Logger
   readonly upstream?: UpstreamClient
+  /** Source of jitter for backoff, [0, 1); tests fix it. */
+  readonly random?: () => number
+  /** Monotonic milliseconds. */
+  readonly now?: () => number
 }
 
 export interface ProxyApp {
   readonly app: FastifyInstance
   readonly lifecycle: Lifecycle
   readonly logger: Logger
+  readonly metrics: Metrics
+  readonly breakers: BreakerRegistry
 }
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/
@@ -37,7 +48,31 @@ const ALL_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS']
 export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const logger = deps.logger ?? buildLogger(config.log.level, deps.logDestination)
   const upstream = deps.upstream ?? buildUpstreamClient(config.upstream)
+  const now = deps.now ?? (() => performance.now())
   const lifecycle: Lifecycle = { draining: false }
+  const metrics = createMetrics(configuredModels(config))
+  const breakers = createBreakerRegistry({
+    config: config.breaker,
+    isFailure: isBreakerFailure,
+    events: {
+      onStateChange(model, from, to) {
+        metrics.breakerState(model, to)
+        logger.warn({ model, from, to, resetTimeoutMs: config.breaker.resetTimeoutMs }, `circuit breaker ${from} -> ${to}`)
+      },
+    },
+  })
+  const budget = createRetryBudget(config.retry)
+  const retrier = createRetrier({
+    retry: config.retry,
+    breakers,
+    budget,
+    metrics,
+    secret: config.apiKey,
+    maxErrorBodyBytes: config.upstream.maxErrorBodyBytes,
+    random: deps.random ?? Math.random,
+    now,
+  })
+  const modelsCache = createModelsCache({ ttlMs: config.models.cacheTtlMs, staleIfErrorMs: config.models.staleIfErrorMs })
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -80,12 +115,15 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
 
   app.addHook('onResponse', (request, reply, done) => {
     const trace = request.upstreamTrace
+    const route = request.routeOptions.url ?? 'unmatched'
+    metrics.request(route, reply.statusCode, trace?.model)
     request.log.info(
       {
         method: request.method,
-        route: request.routeOptions.url ?? 'unmatched',
+        route,
         status: reply.statusCode,
         model: trace?.model,
+        servedBy: trace?.servedBy,
         attempts: trace?.attempts ?? 0,
         upstreamStatus: trace?.upstreamStatus,
         upstreamMs: trace?.upstreamMs,
@@ -97,6 +135,10 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   })
 
   app.setErrorHandler((error, request, reply) => {
+    if (error instanceof ClientGoneError) {
+      // Nobody is listening; the status only makes the log line and metrics honest.
+      return sendError(reply, proxyError('client_closed_request'))
+    }
     const proxyErr = toProxyError(error)
     if (proxyErr.status >= 500 && proxyErr.code === 'internal_error') {
       request.log.error({ err: error }, 'unexpected error')
@@ -114,10 +156,14 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     return sendError(reply, proxyError('route_not_found', `Unknown route: ${request.method} ${shown}`))
   })
 
-  const forwarder = createForwarder(config, upstream)
+  const forwarder = createForwarder({ config, upstream, retrier, budget, metrics, now })
   registerChatCompletionsRoutes(app, forwarder)
-  registerModelsRoutes(app, forwarder)
-  registerHealthRoutes(app, lifecycle, { details: () => ({}) })
+  registerModelsRoutes(app, forwarder, modelsCache, metrics)
+  registerHealthRoutes(app, lifecycle, { details: () => ({ breakers: breakers.states() }) })
+  app.get('/metrics', async (_request, reply) => {
+    reply.header('content-type', metrics.registry.contentType)
+    return reply.send(await metrics.registry.metrics())
+  })
   registerMethodNotAllowed(app, { '/chat/completions': ['POST'], '/v1/chat/completions': ['POST'] })
   registerMethodNotAllowed(app, {
     '/models': ['GET', 'HEAD'],
@@ -126,13 +172,20 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     '/v1/models/*': ['GET', 'HEAD'],
     '/healthz': ['GET', 'HEAD'],
     '/readyz': ['GET', 'HEAD'],
+    '/metrics': ['GET', 'HEAD'],
   })
 
   app.addHook('onClose', async () => {
+    breakers.shutdown()
     await upstream.close()
   })
 
-  return { app, lifecycle, logger }
+  return { app, lifecycle, logger, metrics, breakers }
+}
+
+/** Models named in the config get metric labels of their own whatever the traffic. */
+function configuredModels(config: Config): string[] {
+  return [...new Set([...Object.keys(config.fallbacks), ...Object.values(config.fallbacks).flat(), MODELS_BREAKER_KEY])]
 }
 
 function requestIdFrom(request: { headers: Record<string, string | string[] | undefined> }): string {

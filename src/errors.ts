@@ -24,6 +24,11 @@ export const ERROR_REGISTRY = Object.freeze({
   },
   route_not_found: { status: 404, type: 'not_found_error', message: 'Unknown route' },
   model_not_found: { status: 404, type: 'not_found_error', message: 'Model not found' },
+  client_closed_request: {
+    status: 499,
+    type: 'invalid_request_error',
+    message: 'The client closed the connection before the answer was ready',
+  },
   request_timeout: {
     status: 408,
     type: 'invalid_request_error',
@@ -41,6 +46,16 @@ export const ERROR_REGISTRY = Object.freeze({
   bad_gateway: { status: 502, type: 'server_error', message: 'The upstream answered with an unusable response' },
   upstream_unreachable: { status: 502, type: 'server_error', message: 'Could not reach the upstream' },
   invalid_upstream_response: { status: 502, type: 'server_error', message: 'The upstream response was malformed' },
+  stream_interrupted: {
+    status: 502,
+    type: 'server_error',
+    message: 'The upstream stream was cut before it finished',
+  },
+  circuit_open: {
+    status: 503,
+    type: 'server_error',
+    message: 'The circuit breaker for this model is open: its provider is failing',
+  },
   service_unavailable: { status: 503, type: 'server_error', message: 'The proxy is shutting down' },
   upstream_timeout: { status: 504, type: 'server_error', message: 'The upstream did not answer in time' },
 } satisfies Record<string, RegistryEntry>)

@@ -2,26 +2,23 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from './config.js'
 import { proxyError, type ProxyError } from './errors.js'
 import { forwardableRequestHeaders, forwardableResponseHeaders, type HeaderMap } from './http-headers.js'
-import { classifyFailure, discardBody, type UpstreamClient, type UpstreamResponse } from './upstream/client.js'
-import { normalizeUpstreamError } from './upstream/normalize.js'
+import type { Metrics } from './metrics.js'
+import type { ChatRequest } from './routes/chat-completions.js'
+import { awaitFirstEvent, relayStream } from './streaming/sse.js'
+import { UpstreamFailure, classifyFailure, discardBody, drainBody, failure, type UpstreamClient, type UpstreamResponse } from './upstream/client.js'
+import { DEADLINE, UpstreamStatusError, type RequestBudget, type Retrier } from './upstream/retrier.js'
+import type { RetryBudget } from './upstream/retry-budget.js'
 
 /**
- * One proxied call: authorise, make the upstream attempt, turn an upstream error into the error
- * shape, or relay the upstream's response to the client untouched.
+ * One proxied call from the client's point of view: authorise, run the model chain (primary, then
+ * fallbacks) through the retrier, then commit the winning response to the client — for a stream,
+ * only once its first event has arrived — or render the last error.
  */
-
-export interface ForwardTarget {
-  readonly method: 'GET' | 'POST'
-  /** Upstream path below the base URL, e.g. `/chat/completions`. */
-  readonly path: string
-  readonly body?: Buffer | undefined
-  readonly stream: boolean
-  readonly model: string | undefined
-}
 
 /** What the request log line reports about the upstream side of a request. */
 export interface UpstreamTrace {
   model: string | undefined
+  servedBy: string | undefined
   attempts: number
   upstreamMs: number | undefined
   upstreamStatus: number | undefined
@@ -33,27 +30,43 @@ declare module 'fastify' {
   }
 }
 
-export interface Forwarder {
-  forward(request: FastifyRequest, reply: FastifyReply, target: ForwardTarget): Promise<FastifyReply>
-  /** One upstream attempt whose successful body the caller reads in full (for /models). */
-  fetchBuffered(request: FastifyRequest, reply: FastifyReply, target: ForwardTarget): Promise<BufferedResponse>
-}
-
 export interface BufferedResponse {
   readonly statusCode: number
   readonly headers: HeaderMap
   readonly body: Buffer
 }
 
-export function createForwarder(config: Config, upstream: UpstreamClient): Forwarder {
-  const configuredAuthorization = config.apiKey === undefined ? undefined : `Bearer ${config.apiKey}`
-  const timeouts = config.upstream
-  const maxErrorBodyBytes = config.upstream.maxErrorBodyBytes
-  const secret = config.apiKey
-  const maxSuccessBodyBytes = 64 * 1024 * 1024
-  const readTimeouts = { headersTimeoutMs: timeouts.responseTimeoutMs, bodyTimeoutMs: timeouts.responseTimeoutMs, signal: new AbortController().signal }
+export interface Forwarder {
+  chat(request: FastifyRequest, reply: FastifyReply, chat: ChatRequest): Promise<FastifyReply>
+  /** GET {baseUrl}{path} through the `/models` breaker and the retrier, read in full. */
+  fetchModels(request: FastifyRequest, reply: FastifyReply, path: string): Promise<BufferedResponse>
+}
 
-  function upstreamHeaders(request: FastifyRequest, target: ForwardTarget): HeaderMap {
+export interface ForwarderDeps {
+  readonly config: Config
+  readonly upstream: UpstreamClient
+  readonly retrier: Retrier
+  readonly budget: RetryBudget
+  readonly metrics: Metrics
+  readonly now: () => number
+}
+
+interface Attempted {
+  readonly response: UpstreamResponse
+  /** For streams: the chunks read up to and including the first event. */
+  readonly firstChunks: readonly Buffer[] | undefined
+}
+
+const MAX_MODELS_BODY_BYTES = 64 * 1024 * 1024
+export const MODELS_BREAKER_KEY = '/models'
+
+export function createForwarder(deps: ForwarderDeps): Forwarder {
+  const { config, upstream, retrier, budget, metrics } = deps
+  const configuredAuthorization = config.apiKey === undefined ? undefined : `Bearer ${config.apiKey}`
+  const secret = config.apiKey
+  const timeouts = config.upstream
+
+  function upstreamHeaders(request: FastifyRequest, hasBody: boolean): HeaderMap {
     const headers = forwardableRequestHeaders(request.headers)
     if (configuredAuthorization !== undefined) {
       headers.authorization = configuredAuthorization
@@ -64,87 +77,223 @@ export function createForwarder(config: Config, upstream: UpstreamClient): Forwa
     // Identity keeps success bodies byte-identical and SSE readable event by event.
     headers['accept-encoding'] = 'identity'
     headers['x-request-id'] = request.id
-    if (target.body !== undefined) {
-      headers['content-type'] = 'application/json'
-      headers['content-length'] = String(target.body.length)
-    }
+    if (hasBody) headers['content-type'] = 'application/json'
     return headers
   }
 
-  async function attempt(request: FastifyRequest, reply: FastifyReply, target: ForwardTarget): Promise<UpstreamResponse> {
-    const headers = upstreamHeaders(request, target)
-    const trace: UpstreamTrace = { model: target.model, attempts: 0, upstreamMs: undefined, upstreamStatus: undefined }
-    request.upstreamTrace = trace
+  /** The request's deadline and the abort signal that fires when the client leaves or it passes. */
+  function startRequestClock(request: FastifyRequest, reply: FastifyReply, followClient: boolean): { budget: RequestBudget; release: () => void } {
     const controller = new AbortController()
-    const abortOnClientGone = () => {
+    const stainlessTimeoutS = Number(request.headers['x-stainless-timeout'])
+    const deadlineMs =
+      Number.isFinite(stainlessTimeoutS) && stainlessTimeoutS > 0
+        ? Math.min(timeouts.requestTimeoutMs, stainlessTimeoutS * 1000)
+        : timeouts.requestTimeoutMs
+    const retryCount = Number(request.headers['x-stainless-retry-count'])
+    const onClientGone = () => {
       if (!reply.raw.writableFinished) controller.abort()
     }
-    reply.raw.once('close', abortOnClientGone)
-    const search = querySuffix(request.url)
-    const startedAt = performance.now()
-    trace.attempts += 1
-    const response = await upstream.attempt({
-      method: target.method,
-      path: target.path + search,
-      headers,
-      body: target.body,
-      signal: controller.signal,
-      headersTimeoutMs: target.stream ? timeouts.firstByteTimeoutMs : timeouts.responseTimeoutMs,
-      bodyTimeoutMs: target.stream ? timeouts.streamIdleTimeoutMs : timeouts.responseTimeoutMs,
-    })
-    trace.upstreamMs = Math.round(performance.now() - startedAt)
-    trace.upstreamStatus = response.statusCode
-    reply.header('x-proxy-attempts', String(trace.attempts))
-    if (response.statusCode < 200 || response.statusCode > 299) {
-      throw await upstreamError(response)
+    if (followClient) reply.raw.once('close', onClientGone)
+    const deadlineTimer = setTimeout(() => controller.abort(DEADLINE), deadlineMs)
+    return {
+      budget: {
+        signal: controller.signal,
+        deadlineAtMs: deps.now() + deadlineMs,
+        clientRetryCount: Number.isFinite(retryCount) && retryCount > 0 ? retryCount : 0,
+        attempts: 0,
+      },
+      // Once a response is committed, the deadline no longer applies and the relay owns aborts.
+      release: () => {
+        clearTimeout(deadlineTimer)
+        reply.raw.off('close', onClientGone)
+      },
     }
-    return response
   }
 
-  async function upstreamError(response: UpstreamResponse): Promise<ProxyError> {
-    let body: Buffer | undefined
+  function traceOf(request: FastifyRequest, model: string | undefined): UpstreamTrace {
+    const trace: UpstreamTrace = { model, servedBy: undefined, attempts: 0, upstreamMs: undefined, upstreamStatus: undefined }
+    request.upstreamTrace = trace
+    return trace
+  }
+
+  /** One attempt: send, then require 2xx (else throw for the breaker), and for SSE the first event. */
+  async function attemptOnce(
+    requestBudget: RequestBudget,
+    trace: UpstreamTrace,
+    options: { path: string; method: 'GET' | 'POST'; headers: HeaderMap; body: Buffer | undefined; stream: boolean },
+  ): Promise<Attempted> {
+    const startedAt = deps.now()
+    const firstByteMs = options.stream ? timeouts.firstByteTimeoutMs : timeouts.responseTimeoutMs
+    let response: UpstreamResponse
     try {
-      body = await readBounded(response.body, maxErrorBodyBytes)
-    } catch {
-      body = undefined // a cut error body still yields an error naming the status
+      response = await upstream.attempt({
+        method: options.method,
+        path: options.path,
+        headers: options.headers,
+        body: options.body,
+        signal: requestBudget.signal,
+        headersTimeoutMs: firstByteMs,
+        bodyTimeoutMs: options.stream ? timeouts.streamIdleTimeoutMs : timeouts.responseTimeoutMs,
+      })
+    } catch (error: unknown) {
+      throw deadlineAware(error, requestBudget)
     }
-    return normalizeUpstreamError(response.statusCode, response.headers, body ?? Buffer.alloc(0), secret)
+    trace.upstreamStatus = response.statusCode
+    trace.upstreamMs = Math.round(deps.now() - startedAt)
+    if (response.statusCode < 200 || response.statusCode > 299) throw new UpstreamStatusError(response)
+    if (!options.stream || !isEventStream(response.headers['content-type'])) return { response, firstChunks: undefined }
+    try {
+      const remainingMs = firstByteMs - (deps.now() - startedAt)
+      const firstChunks = await awaitFirstEvent(response.body, remainingMs, requestBudget.signal)
+      trace.upstreamMs = Math.round(deps.now() - startedAt)
+      return { response, firstChunks }
+    } catch (error: unknown) {
+      throw deadlineAware(error, requestBudget)
+    }
+  }
+
+  function commit(reply: FastifyReply, model: string, requestBudget: RequestBudget, attempted: Attempted, stream: boolean): FastifyReply {
+    const { response, firstChunks } = attempted
+    reply.code(response.statusCode)
+    reply.headers(forwardableResponseHeaders(response.headers, firstChunks === undefined, secret))
+    reply.header('x-proxy-attempts', String(requestBudget.attempts))
+    reply.header('x-proxy-model', model)
+    if (firstChunks === undefined) {
+      if (!isJson(response.headers['content-type'])) {
+        drainBody(response.body)
+        throw proxyError(
+          'invalid_upstream_response',
+          `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}${stream ? ' to a streaming request' : ''}`,
+        )
+      }
+      return reply.send(response.body)
+    }
+    reply.header('cache-control', response.headers['cache-control'] ?? 'no-cache')
+    reply.header('x-accel-buffering', 'no')
+    const relay = relayStream(response.body, firstChunks, {
+      idleTimeoutMs: timeouts.streamIdleTimeoutMs,
+      onEnd: (ending) => {
+        metrics.streamEnding(model, ending)
+        if (ending === 'cut' || ending === 'stalled') reply.log.warn({ model, ending }, 'stream ended with an error event')
+      },
+    })
+    return reply.send(relay)
   }
 
   return {
-    async forward(request, reply, target) {
-      const response = await attempt(request, reply, target)
-      if (!isExpectedContentType(response.headers['content-type'], target.stream)) {
-        discardBody(response.body)
-        throw proxyError(
-          'invalid_upstream_response',
-          `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}`,
-        )
+    async chat(request, reply, chat) {
+      const trace = traceOf(request, chat.model)
+      const headers = upstreamHeaders(request, true)
+      const chain = modelChain(chat, config.fallbacks)
+      const { budget: requestBudget, release } = startRequestClock(request, reply, true)
+      budget.recordRequest()
+      let lastError: ProxyError = proxyError('internal_error')
+      try {
+        for (let index = 0; index < chain.length; index++) {
+          const model = chain[index] as string
+          if (index > 0) {
+            metrics.fallback(chain[index - 1] as string, model)
+            request.log.warn({ from: chain[index - 1], to: model, code: lastError.code }, 'falling back to the next model')
+          }
+          const body = bodyFor(chat, model)
+          const attemptHeaders = { ...headers, 'content-length': String(body.length) }
+          const outcome = await retrier.run(
+            request.log,
+            model,
+            requestBudget,
+            () => attemptOnce(requestBudget, trace, { path: '/chat/completions' + querySuffix(request.url), method: 'POST', headers: attemptHeaders, body, stream: chat.stream }),
+            { hasNextModel: index < chain.length - 1 },
+          )
+          trace.attempts = requestBudget.attempts
+          if (outcome.ok) {
+            release()
+            trace.servedBy = model
+            return commit(reply, model, requestBudget, outcome.value, chat.stream)
+          }
+          lastError = outcome.error
+          if (!outcome.fallbackEligible) break
+        }
+      } finally {
+        trace.attempts = requestBudget.attempts
+        release()
       }
-      reply.code(response.statusCode)
-      reply.headers(forwardableResponseHeaders(response.headers, !target.stream, secret))
-      if (target.stream) {
-        reply.header('cache-control', response.headers['cache-control'] ?? 'no-cache')
-        reply.header('x-accel-buffering', 'no')
-      }
-      return reply.send(response.body)
+      reply.header('x-proxy-attempts', String(requestBudget.attempts))
+      throw lastError
     },
 
-    async fetchBuffered(request, reply, target) {
-      const response = await attempt(request, reply, target)
-      let body: Buffer | undefined
+    async fetchModels(request, reply, path) {
+      const trace = traceOf(request, undefined)
+      const headers = upstreamHeaders(request, false)
+      // Not tied to this client: the fetch is shared by every caller waiting on the cache.
+      const { budget: requestBudget, release } = startRequestClock(request, reply, false)
+      budget.recordRequest()
       try {
-        body = await readBounded(response.body, maxSuccessBodyBytes)
-      } catch (err: unknown) {
-        throw classifyFailure(err, readTimeouts, timeouts.connectTimeoutMs)
+        const outcome = await retrier.run(
+          request.log,
+          MODELS_BREAKER_KEY,
+          requestBudget,
+          async () => {
+            const { response } = await attemptOnce(requestBudget, trace, { path, method: 'GET', headers, body: undefined, stream: false })
+            const body = await readAll(response, requestBudget)
+            if (!isJson(response.headers['content-type'])) {
+              throw proxyError('invalid_upstream_response', `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}`)
+            }
+            return { statusCode: response.statusCode, headers: forwardableResponseHeaders(response.headers, false, secret), body }
+          },
+          { hasNextModel: false },
+        )
+        reply.header('x-proxy-attempts', String(requestBudget.attempts))
+        if (!outcome.ok) throw outcome.error
+        return outcome.value
+      } finally {
+        trace.attempts = requestBudget.attempts
+        release()
       }
-      if (body === undefined) throw proxyError('invalid_upstream_response', `The upstream response exceeded ${maxSuccessBodyBytes} bytes`)
-      if (!isExpectedContentType(response.headers['content-type'], false)) {
-        throw proxyError('invalid_upstream_response', `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}`)
-      }
-      return { statusCode: response.statusCode, headers: forwardableResponseHeaders(response.headers, false, secret), body }
     },
   }
+}
+
+/** The primary model, then the request's own `fallbacks`, then the configured ones; no repeats. */
+export function modelChain(chat: ChatRequest, configured: Config['fallbacks']): string[] {
+  const chain = [chat.model]
+  for (const model of [...chat.fallbacks, ...(configured[chat.model] ?? [])]) {
+    if (!chain.includes(model)) chain.push(model)
+  }
+  return chain
+}
+
+/** The client's own bytes when nothing changes; otherwise the body with `model` set and `fallbacks` stripped. */
+function bodyFor(chat: ChatRequest, model: string): Buffer {
+  if (model === chat.model && !chat.hasFallbacksField) return chat.body
+  const { fallbacks: _stripped, ...rest } = chat.parsed
+  return Buffer.from(JSON.stringify({ ...rest, model }))
+}
+
+async function readAll(response: UpstreamResponse, requestBudget: RequestBudget): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  let length = 0
+  try {
+    for await (const chunk of response.body) {
+      length += (chunk as Buffer).length
+      if (length > MAX_MODELS_BODY_BYTES) {
+        discardBody(response.body)
+        throw proxyError('invalid_upstream_response', `The upstream response exceeded ${MAX_MODELS_BODY_BYTES} bytes`)
+      }
+      chunks.push(chunk as Buffer)
+    }
+  } catch (error: unknown) {
+    if (error instanceof UpstreamFailure || (error as { status?: unknown }).status !== undefined) throw error
+    throw deadlineAware(classifyFailure(error, { headersTimeoutMs: 0, bodyTimeoutMs: 0, signal: requestBudget.signal }, 0), requestBudget)
+  }
+  return Buffer.concat(chunks, length)
+}
+
+/** An abort caused by the deadline is a timeout (a breaker failure), not a client abort. */
+function deadlineAware(error: unknown, requestBudget: RequestBudget): unknown {
+  if (requestBudget.signal.aborted && requestBudget.signal.reason === DEADLINE) {
+    return failure('deadline', 'upstream_timeout', 'The request deadline passed before the upstream answered')
+  }
+  return error
 }
 
 function querySuffix(url: string): string {
@@ -152,23 +301,10 @@ function querySuffix(url: string): string {
   return index === -1 ? '' : url.slice(index)
 }
 
-function isExpectedContentType(contentType: string | string[] | undefined, stream: boolean): boolean {
-  const value = String(contentType ?? '').toLowerCase()
-  if (value.includes('json')) return true
-  return stream && value.includes('text/event-stream')
+function isJson(contentType: string | string[] | undefined): boolean {
+  return String(contentType ?? '').toLowerCase().includes('json')
 }
 
-/** Reads a body up to `limitBytes`; beyond that the rest is discarded and undefined returned. */
-export async function readBounded(body: UpstreamResponse['body'], limitBytes: number): Promise<Buffer | undefined> {
-  const chunks: Buffer[] = []
-  let length = 0
-  for await (const chunk of body) {
-    length += chunk.length
-    if (length > limitBytes) {
-      discardBody(body)
-      return undefined
-    }
-    chunks.push(chunk)
-  }
-  return Buffer.concat(chunks, length)
+function isEventStream(contentType: string | string[] | undefined): boolean {
+  return String(contentType ?? '').toLowerCase().includes('text/event-stream')
 }

@@ -25,7 +25,9 @@ export function buildLogger(level: LogLevel, destination?: DestinationStream): L
     redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
     timestamp: pino.stdTimeFunctions.isoTime,
   }
-  return destination === undefined ? pino(options) : pino(options, destination)
+  // A synchronous stdout: on exit, pino's flush of an async destination retries EPIPE forever when
+  // the reader of stdout (a pipe to pino-pretty, say) died with the same Ctrl-C, hanging shutdown.
+  return pino(options, destination ?? pino.destination({ fd: 1, sync: true }))
 }
 
 const KEY_PATTERN = /\b(sk|tr|or)-[A-Za-z0-9_\-]{12,}/g

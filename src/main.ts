@@ -107,11 +107,12 @@ async function main(): Promise<void> {
   }
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : config.listen.port
-  const shownHost = config.listen.host === '0.0.0.0' || config.listen.host === '::' ? '127.0.0.1' : config.listen.host
+  const allInterfaces = config.listen.host === '0.0.0.0' || config.listen.host === '::'
+  const shownHost = allInterfaces ? '<this host>' : config.listen.host
   const baseUrl = `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${port}`
   logger.info(
     { host: config.listen.host, port, upstream: config.upstream.baseUrl, auth: config.apiKey === undefined ? 'client Authorization forwarded' : 'TOPROUTER_API_KEY' },
-    `toprouter-proxy listening on ${config.listen.host}:${port}, forwarding to ${config.upstream.baseUrl}; use base_url ${baseUrl} in your OpenAI SDK`,
+    `toprouter-proxy listening on ${config.listen.host}:${port}, forwarding to ${config.upstream.baseUrl}; use base_url ${baseUrl} in your OpenAI SDK${allInterfaces ? ' (this machine: 127.0.0.1; a sidecar: the service name, e.g. http://proxy:' + port + ')' : ''}`,
   )
 }
 

@@ -130,7 +130,7 @@ t.test('while draining, /readyz is 503 and new requests on open connections get 
   const upstream = await startFakeUpstream(t, (_req, res) => res.end())
   const proxy = await startProxy(t, { upstreamUrl: upstream.url })
   const ready = await request(`${proxy.url}/readyz`)
-  t.same(await ready.body.json(), { status: 'ready' })
+  t.same(await ready.body.json(), { status: 'ready', breakers: {} })
   proxy.lifecycle.draining = true
   await expectErrorShape(t, await request(`${proxy.url}/readyz`), { status: 503, type: 'server_error', code: 'service_unavailable' })
   const chat = await request(`${proxy.url}/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })

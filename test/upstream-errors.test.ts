@@ -78,7 +78,8 @@ const jsonCases = [
 for (const c of jsonCases) {
   t.test(`upstream JSON error: ${c.name}`, async (t) => {
     const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, c.status, c.body, rateHeaders))
-    const proxy = await startProxy(t, { upstreamUrl: upstream.url })
+    // One attempt: these cases are about the shape; retries have their own tests.
+    const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { retry: { maxAttempts: 1 } } })
     const res = await chat(proxy.url)
     await expectErrorShape(t, res, c.expected)
     t.equal(res.headers['retry-after'], '7', 'Retry-After reaches the client')
@@ -192,7 +193,7 @@ t.test('an upstream that does not answer within responseTimeoutMs is a 504, on t
     await sleep(2000)
     sendJson(res, 200, completion(MODEL))
   })
-  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { upstream: { responseTimeoutMs: 300 } } })
+  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { upstream: { responseTimeoutMs: 300 }, retry: { maxAttempts: 1 } } })
   const startedAt = performance.now()
   const res = await chat(proxy.url)
   const elapsedMs = performance.now() - startedAt
@@ -204,7 +205,7 @@ t.test('a stream whose headers never come within firstByteTimeoutMs is a 504', a
   const upstream = await startFakeUpstream(t, async () => {
     await sleep(2000)
   })
-  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { upstream: { firstByteTimeoutMs: 200 } } })
+  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { upstream: { firstByteTimeoutMs: 200 }, retry: { maxAttempts: 1 } } })
   const res = await chat(proxy.url, { model: MODEL, stream: true, messages: [] })
   await expectErrorShape(t, res, { status: 504, code: 'upstream_timeout' })
 })

@@ -9,7 +9,13 @@ export interface ChatRequest {
   readonly stream: boolean
   /** The client's bytes, forwarded as they are unless the proxy must change a field. */
   readonly body: Buffer
+  readonly parsed: Readonly<Record<string, unknown>>
+  /** The request's own fallback models (the LiteLLM/Bifrost `fallbacks` field), stripped upstream. */
+  readonly fallbacks: readonly string[]
+  readonly hasFallbacksField: boolean
 }
+
+const NO_FALLBACKS: readonly string[] = Object.freeze([])
 
 export function parseChatRequest(body: unknown): ChatRequest {
   if (!Buffer.isBuffer(body) || body.length === 0) {
@@ -24,27 +30,31 @@ export function parseChatRequest(body: unknown): ChatRequest {
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     throw proxyError('invalid_request', 'Request body must be a JSON object')
   }
-  const { model, stream } = parsed as { model?: unknown; stream?: unknown }
+  const { model, stream, fallbacks } = parsed as { model?: unknown; stream?: unknown; fallbacks?: unknown }
   if (typeof model !== 'string' || model.trim() === '') {
     throw proxyError('invalid_request', '`model` is required and must be a non-empty string')
   }
   if (stream !== undefined && stream !== null && typeof stream !== 'boolean') {
     throw proxyError('invalid_request', '`stream` must be a boolean')
   }
-  return { model, stream: stream === true, body }
+  const hasFallbacksField = fallbacks !== undefined
+  if (hasFallbacksField && !(Array.isArray(fallbacks) && fallbacks.length <= 10 && fallbacks.every((m) => typeof m === 'string' && m.trim() !== ''))) {
+    throw proxyError('invalid_request', '`fallbacks` must be a list of at most 10 model ids')
+  }
+  return {
+    model,
+    stream: stream === true,
+    body,
+    parsed: parsed as Record<string, unknown>,
+    fallbacks: hasFallbacksField ? (fallbacks as string[]) : NO_FALLBACKS,
+    hasFallbacksField,
+  }
 }
 
 export function registerChatCompletionsRoutes(app: FastifyInstance, forwarder: Forwarder): void {
   for (const url of ['/chat/completions', '/v1/chat/completions']) {
     app.post(url, (request, reply) => {
-      const chat = parseChatRequest(request.body)
-      return forwarder.forward(request, reply, {
-        method: 'POST',
-        path: '/chat/completions',
-        body: chat.body,
-        stream: chat.stream,
-        model: chat.model,
-      })
+      return forwarder.chat(request, reply, parseChatRequest(request.body))
     })
   }
 }

@@ -31,7 +31,16 @@ export interface UpstreamResponse {
 }
 
 /** Why an attempt failed before a response arrived; the retrier decides on these. */
-export type FailureKind = 'connect' | 'connect_timeout' | 'reset' | 'headers_timeout' | 'body_timeout' | 'tls' | 'aborted'
+export type FailureKind =
+  | 'connect'
+  | 'connect_timeout'
+  | 'reset'
+  | 'headers_timeout'
+  | 'first_byte_timeout'
+  | 'body_timeout'
+  | 'tls'
+  | 'deadline'
+  | 'aborted'
 
 export class UpstreamFailure extends ProxyError {
   readonly kind: FailureKind
@@ -41,7 +50,7 @@ export class UpstreamFailure extends ProxyError {
   }
 }
 
-function failure(kind: FailureKind, code: ErrorCode, message: string): UpstreamFailure {
+export function failure(kind: FailureKind, code: ErrorCode, message: string): UpstreamFailure {
   const entry = ERROR_REGISTRY[code]
   return withoutStack(() => new UpstreamFailure(kind, entry.status, entry.type, code, message))
 }
@@ -120,11 +129,20 @@ export function classifyFailure(err: unknown, options: Pick<AttemptOptions, 'hea
 function ignore(): void {}
 
 /**
- * Lets go of a response body the proxy will not relay. dump() reads a small remainder so the
- * connection can be reused and closes it otherwise; the error listener keeps a destroyed body's
- * abort from surfacing as an uncaught exception.
+ * Lets go of a response body the proxy will not relay by destroying it (and its connection): a
+ * stream may never end, so waiting for it is not an option. The error listener keeps the abort
+ * that destroy() causes from surfacing as an uncaught exception.
  */
 export function discardBody(body: UpstreamResponse['body']): void {
+  body.on('error', ignore)
+  body.destroy()
+}
+
+/**
+ * Lets go of a small finished-or-nearly response (an error page, a rejected 200) so its
+ * connection can be reused: dump() reads up to 64 KiB and destroys the connection beyond that.
+ */
+export function drainBody(body: UpstreamResponse['body']): void {
   body.on('error', ignore)
   body.dump({ limit: 64 * 1024 }).catch(ignore)
 }

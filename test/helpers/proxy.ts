@@ -23,10 +23,14 @@ export interface TestProxyOptions {
   /** YAML sections to merge over the defaults, e.g. `{ retry: { maxAttempts: 1 } }`. */
   readonly config?: Record<string, unknown>
   readonly env?: Record<string, string>
+  readonly random?: () => number
 }
 
 export async function startProxy(t: Teardown, options: TestProxyOptions): Promise<TestProxy> {
-  const yaml = stringify({ log: { level: 'info' }, ...options.config })
+  // Tests run with millisecond backoff unless they set their own; the policy itself is unit-tested.
+  const sections: Record<string, unknown> = { log: { level: 'info' }, ...options.config }
+  sections.retry = { baseDelayMs: 2, maxDelayMs: 10, ...(options.config?.retry as object | undefined) }
+  const yaml = stringify(sections)
   const config = loadConfig({
     configPath: 'test-config.yaml',
     readFile: () => yaml,
@@ -40,7 +44,7 @@ export async function startProxy(t: Teardown, options: TestProxyOptions): Promis
       callback()
     },
   })
-  const proxy = buildApp(config, { logDestination })
+  const proxy = buildApp(config, { logDestination, ...(options.random ? { random: options.random } : {}) })
   await proxy.app.listen({ host: '127.0.0.1', port: 0 })
   t.teardown(() => proxy.app.close())
   const { port } = proxy.app.server.address() as AddressInfo

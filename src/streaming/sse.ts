@@ -1,0 +1,180 @@
+import { Transform, type TransformCallback } from 'node:stream'
+import { proxyError, type ProxyError } from '../errors.js'
+import { classifyFailure, discardBody, failure, type UpstreamResponse, type UpstreamFailure } from '../upstream/client.js'
+
+/**
+ * The stream contract. The commit point of a stream is its first `data:` event, not its headers,
+ * so a stream that never starts can still be retried or failed over. After the commit the proxy
+ * relays chunks as they arrive and makes sure the stream never ends in a silent lie: a cut or a
+ * stall ends with one `data: {"error":…}` event, and a finished stream without `[DONE]` gets one.
+ */
+
+type Body = UpstreamResponse['body']
+
+const EVENT_BOUNDARY = /\r?\n\r?\n/
+const DATA_LINE = /(^|\n)data:/
+const DONE_EVENT = Buffer.from('data: [DONE]\n\n')
+const DONE_MARKERS = [Buffer.from('data: [DONE]'), Buffer.from('data:[DONE]')]
+const FINISH_KEY = Buffer.from('"finish_reason"')
+/** Long enough to hold any marker that may straddle two chunks. */
+const JUNCTION_BYTES = 48
+
+/**
+ * Waits for the first complete `data:` event (comments such as OpenRouter's keep-alives do not
+ * count). Resolves with the chunks read so far and leaves the body paused; rejects with a
+ * retryable failure when the stream ends, breaks or stays silent for `timeoutMs`.
+ */
+export function awaitFirstEvent(body: Body, timeoutMs: number, signal: AbortSignal): Promise<Buffer[]> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let text = ''
+    const settle = (outcome: Buffer[] | UpstreamFailure) => {
+      clearTimeout(timer)
+      body.off('data', onData)
+      body.off('end', onEnd)
+      body.off('error', onError)
+      signal.removeEventListener('abort', onAbort)
+      if (Array.isArray(outcome)) {
+        resolve(outcome)
+      } else {
+        discardBody(body)
+        reject(outcome)
+      }
+    }
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk)
+      text += chunk.toString('latin1')
+      const match = lastBoundary(text)
+      if (match !== -1 && DATA_LINE.test(text.slice(0, match))) {
+        body.pause()
+        settle(chunks)
+      }
+    }
+    const onEnd = () => settle(failure('reset', 'upstream_unreachable', 'The upstream stream ended before its first event'))
+    const onError = (error: unknown) =>
+      settle(classifyFailure(error, { headersTimeoutMs: timeoutMs, bodyTimeoutMs: timeoutMs, signal }, 0))
+    const onAbort = () => settle(failure('aborted', 'upstream_timeout', 'The request was aborted before the stream started'))
+    const timer = setTimeout(
+      () => settle(failure('first_byte_timeout', 'upstream_timeout', `The upstream stream sent no event within ${timeoutMs} ms`)),
+      Math.max(1, timeoutMs),
+    )
+    body.on('data', onData)
+    body.once('end', onEnd)
+    body.once('error', onError)
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+}
+
+function lastBoundary(text: string): number {
+  let last = -1
+  const pattern = new RegExp(EVENT_BOUNDARY.source, 'g')
+  for (let match = pattern.exec(text); match !== null; match = pattern.exec(text)) last = match.index
+  return last
+}
+
+export type StreamEnding = 'done' | 'done_added' | 'cut' | 'stalled' | 'client_gone'
+
+export interface RelayOptions {
+  readonly idleTimeoutMs: number
+  /** Called once, when the relay knows how the stream ended. */
+  readonly onEnd: (ending: StreamEnding) => void
+}
+
+/**
+ * Relays a committed stream: the chunks already read, then the rest of the body, with
+ * backpressure (pipe), scanning bytes for `finish_reason` and `[DONE]` without decoding them.
+ */
+export function relayStream(body: Body, firstChunks: readonly Buffer[], options: RelayOptions): Transform {
+  const relay = new SseRelay(options.onEnd)
+  body.on('error', (error: unknown) => {
+    const code = (error as { code?: unknown }).code
+    relay.terminate(
+      code === 'UND_ERR_BODY_TIMEOUT'
+        ? { ending: 'stalled', error: proxyError('upstream_timeout', `The upstream stream stalled for ${options.idleTimeoutMs} ms`) }
+        : { ending: 'cut', error: proxyError('stream_interrupted') },
+    )
+  })
+  relay.on('close', () => {
+    if (!body.readableEnded) discardBody(body)
+    relay.clientGone()
+  })
+  for (const chunk of firstChunks) relay.write(chunk)
+  body.pipe(relay)
+  return relay
+}
+
+class SseRelay extends Transform {
+  private finished = false
+  private sawDone = false
+  private ended = false
+  private tail: Buffer = Buffer.alloc(0)
+  private readonly onEnd: (ending: StreamEnding) => void
+
+  constructor(onEnd: (ending: StreamEnding) => void) {
+    super()
+    this.onEnd = onEnd
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    if (!this.sawDone) this.scan(chunk)
+    callback(null, chunk)
+  }
+
+  override _flush(callback: TransformCallback): void {
+    if (!this.ended) {
+      if (this.sawDone) {
+        this.report('done')
+      } else if (this.finished) {
+        this.push(DONE_EVENT)
+        this.report('done_added')
+      } else {
+        this.push(errorEvent(proxyError('stream_interrupted')))
+        this.report('cut')
+      }
+    }
+    callback()
+  }
+
+  terminate(outcome: { ending: StreamEnding; error: ProxyError }): void {
+    if (this.ended || this.destroyed) return
+    this.report(outcome.ending)
+    this.push(errorEvent(outcome.error))
+    this.end()
+  }
+
+  clientGone(): void {
+    this.report('client_gone')
+  }
+
+  private report(ending: StreamEnding): void {
+    if (this.ended) return
+    this.ended = true
+    this.onEnd(ending)
+  }
+
+  private scan(chunk: Buffer): void {
+    const junction = this.tail.length === 0 ? chunk : Buffer.concat([this.tail, chunk.subarray(0, JUNCTION_BYTES)])
+    for (const region of junction === chunk ? [chunk] : [junction, chunk]) {
+      if (!this.finished && hasFinishReason(region)) this.finished = true
+      if (DONE_MARKERS.some((marker) => region.includes(marker))) {
+        this.sawDone = true
+        return
+      }
+    }
+    this.tail = chunk.length >= JUNCTION_BYTES ? chunk.subarray(chunk.length - JUNCTION_BYTES) : Buffer.concat([this.tail, chunk]).subarray(-JUNCTION_BYTES)
+  }
+}
+
+/** True when the bytes hold `"finish_reason"` followed by a string (not `null`). */
+export function hasFinishReason(bytes: Buffer): boolean {
+  for (let at = bytes.indexOf(FINISH_KEY); at !== -1; at = bytes.indexOf(FINISH_KEY, at + 1)) {
+    let i = at + FINISH_KEY.length
+    while (i < bytes.length && (bytes[i] === 0x20 || bytes[i] === 0x3a)) i++ // spaces and the colon
+    if (bytes[i] === 0x22) return true // a string value such as "stop"
+  }
+  return false
+}
+
+export function errorEvent(error: ProxyError): Buffer {
+  return Buffer.from(`data: ${JSON.stringify(error.toBody())}\n\n`)
+}

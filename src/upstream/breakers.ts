@@ -1,0 +1,156 @@
+import CircuitBreaker from 'opossum'
+import type { Config } from '../config.js'
+import { withoutStack } from '../errors.js'
+
+/**
+ * One opossum circuit breaker per model id (and one for `/models`), so one provider's outage never
+ * blocks a healthy model. What counts as a failure is decided by `isFailure`; the breaker never
+ * times calls out itself (`timeout: false`): every attempt carries its own AbortController.
+ */
+
+export type BreakerState = 'closed' | 'open' | 'half_open'
+
+export interface BreakerEvents {
+  onStateChange(key: string, from: BreakerState, to: BreakerState): void
+}
+
+export interface BreakerRegistry {
+  /** Runs `task` through the key's breaker; rejects with a `BreakerOpenError` when it is open. */
+  run<T>(key: string, task: () => Promise<T>): Promise<T>
+  /** Whole seconds until the key's breaker lets a probe through (at least 1). */
+  retryAfterSeconds(key: string): number
+  states(): Record<string, BreakerState>
+  shutdown(): void
+}
+
+export class BreakerOpenError extends Error {
+  readonly key: string
+  constructor(key: string) {
+    super(`circuit open for ${key}`)
+    this.key = key
+  }
+}
+
+interface Entry {
+  readonly breaker: CircuitBreaker<[() => Promise<unknown>], unknown>
+  openedAtMs: number
+  lastUsedMs: number
+}
+
+const runTask = (task: () => Promise<unknown>): Promise<unknown> => task()
+
+export interface BreakerRegistryOptions {
+  readonly config: Config['breaker']
+  /** True when an error should count against the breaker (5xx, timeouts, connection errors). */
+  readonly isFailure: (error: unknown) => boolean
+  readonly events: BreakerEvents
+  /** Breakers kept at most; the least recently used closed one is shut down beyond that. */
+  readonly maxBreakers?: number
+  /** A closed breaker unused this long is dropped when the next new one is created. */
+  readonly idleEvictMs?: number
+  readonly now?: () => number
+}
+
+export function createBreakerRegistry(options: BreakerRegistryOptions): BreakerRegistry {
+  const { config, isFailure, events } = options
+  const maxBreakers = options.maxBreakers ?? 512
+  const idleEvictMs = options.idleEvictMs ?? 10 * 60 * 1000
+  const now = options.now ?? Date.now
+  const entries = new Map<string, Entry>()
+  const breakerOptions = {
+    timeout: false as const,
+    errorThresholdPercentage: config.errorThresholdPercentage,
+    volumeThreshold: config.volumeThreshold,
+    rollingCountTimeout: config.rollingWindowMs,
+    rollingCountBuckets: 10,
+    resetTimeout: config.resetTimeoutMs,
+    // Percentiles sort latencies on every failure; snapshots emit on a timer. Neither is used.
+    rollingPercentilesEnabled: false,
+    enableSnapshots: false,
+    errorFilter: (error: unknown) => !isFailure(error),
+  }
+
+  function entryFor(key: string): Entry {
+    let entry = entries.get(key)
+    if (entry !== undefined) {
+      entry.lastUsedMs = now()
+      // Map order doubles as recency order for eviction.
+      entries.delete(key)
+      entries.set(key, entry)
+      return entry
+    }
+    evictIdle()
+    if (entries.size >= maxBreakers) evictOne()
+    const breaker = new CircuitBreaker(runTask, breakerOptions)
+    const created: Entry = { breaker, openedAtMs: 0, lastUsedMs: now() }
+    let state: BreakerState = 'closed'
+    const moveTo = (next: BreakerState) => {
+      const previous = state
+      state = next
+      if (next === 'open') created.openedAtMs = now()
+      events.onStateChange(key, previous, next)
+    }
+    breaker.on('open', () => moveTo('open'))
+    breaker.on('halfOpen', () => moveTo('half_open'))
+    breaker.on('close', () => moveTo('closed'))
+    entries.set(key, created)
+    return created
+  }
+
+  /** Closed breakers unused for `idleEvictMs` are shut down (their rolling-window timers stop). */
+  function evictIdle(): void {
+    const idleBefore = now() - idleEvictMs
+    for (const [key, entry] of entries) {
+      if (entry.lastUsedMs >= idleBefore) break // recency order: the rest are newer
+      if (entry.breaker.closed) {
+        entry.breaker.shutdown()
+        entries.delete(key)
+      }
+    }
+  }
+
+  function evictOne(): void {
+    for (const [key, entry] of entries) {
+      if (entry.breaker.closed) {
+        entry.breaker.shutdown()
+        entries.delete(key)
+        return
+      }
+    }
+    // Every breaker is open or probing: drop the oldest anyway rather than grow without bound.
+    const oldest = entries.keys().next()
+    if (!oldest.done) {
+      entries.get(oldest.value)?.breaker.shutdown()
+      entries.delete(oldest.value)
+    }
+  }
+
+  return {
+    async run<T>(key: string, task: () => Promise<T>): Promise<T> {
+      const entry = entryFor(key)
+      try {
+        return (await entry.breaker.fire(task)) as T
+      } catch (error: unknown) {
+        if ((error as { code?: unknown }).code === 'EOPENBREAKER') throw withoutStack(() => new BreakerOpenError(key))
+        throw error
+      }
+    },
+    retryAfterSeconds(key) {
+      const entry = entries.get(key)
+      if (entry === undefined) return 1
+      const remainingMs = entry.openedAtMs + config.resetTimeoutMs - now()
+      return Math.max(1, Math.ceil(remainingMs / 1000))
+    },
+    states() {
+      const states: Record<string, BreakerState> = {}
+      for (const [key, entry] of entries) {
+        states[key] = entry.breaker.opened ? 'open' : entry.breaker.halfOpen ? 'half_open' : 'closed'
+      }
+      return states
+    },
+    shutdown() {
+      for (const entry of entries.values()) entry.breaker.shutdown()
+      entries.clear()
+    },
+  }
+}
