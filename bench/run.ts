@@ -781,7 +781,7 @@ const PHASE_TITLES: Record<PhaseId, string> = {
 
 function fmt(value: number | null | undefined, digits = 2): string {
   if (value === null || value === undefined || !Number.isFinite(value)) return '–'
-  if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString('en-US')
+  if (Math.abs(value) >= 999.5) return Math.round(value).toLocaleString('en-US')
   if (Math.abs(value) >= 100) return value.toFixed(0)
   if (Math.abs(value) >= 10) return value.toFixed(1)
   return value.toFixed(digits)
@@ -1085,8 +1085,10 @@ async function main(): Promise<void> {
   }
   const text = markdown(report)
   process.stdout.write(`\n${text}\n`)
-  writeResults(report, mode === 'memory-only' ? 'memory' : 'latest')
-  process.stdout.write(`written to ${join('bench', 'results', mode === 'memory-only' ? 'memory' : 'latest')}.{md,json}\n`)
+  // A smoke (CI) or a memory-only run never replaces the last full run's latest.*.
+  const base = mode === 'memory-only' ? 'memory' : mode === 'smoke' ? 'smoke' : 'latest'
+  writeResults(report, base)
+  process.stdout.write(`written to ${join('bench', 'results', base)}.{md,json}\n`)
   if (report.problems.length > 0) {
     process.stderr.write(`bench: ${report.problems.length} problem(s):\n${report.problems.map((p) => `  - ${p}`).join('\n')}\n`)
     process.exitCode = 1

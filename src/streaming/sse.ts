@@ -14,7 +14,9 @@ type Body = UpstreamResponse['body']
 const EVENT_BOUNDARY = /\r?\n\r?\n/
 const DATA_LINE = /(^|\n)data:/
 const DONE_EVENT = Buffer.from('data: [DONE]\n\n')
-const DONE_MARKERS = [Buffer.from('data: [DONE]'), Buffer.from('data:[DONE]')]
+// At the start of a line only: inside a JSON string a newline is escaped, so a delta whose text
+// mentions `data: [DONE]` cannot match. The relay's tail starts as '\n' for the stream's first line.
+const DONE_MARKERS = [Buffer.from('\ndata: [DONE]'), Buffer.from('\ndata:[DONE]')]
 const FINISH_KEY = Buffer.from('"finish_reason"')
 /** Long enough to hold any marker that may straddle two chunks. */
 const JUNCTION_BYTES = 48
@@ -107,7 +109,9 @@ class SseRelay extends Transform {
   private finished = false
   private sawDone = false
   private ended = false
-  private tail: Buffer = Buffer.alloc(0)
+  /** Why the upstream body failed, if it did; acted on in _flush, after the chunks still queued. */
+  private failure: { ending: StreamEnding; error: ProxyError } | undefined
+  private tail: Buffer = Buffer.from('\n')
   private readonly onEnd: (ending: StreamEnding) => void
 
   constructor(onEnd: (ending: StreamEnding) => void) {
@@ -128,17 +132,22 @@ class SseRelay extends Transform {
         this.push(DONE_EVENT)
         this.report('done_added')
       } else {
-        this.push(errorEvent(proxyError('stream_interrupted')))
-        this.report('cut')
+        const cut: { ending: StreamEnding; error: ProxyError } = this.failure ?? { ending: 'cut', error: proxyError('stream_interrupted') }
+        this.push(errorEvent(cut.error))
+        this.report(cut.ending)
       }
     }
     callback()
   }
 
+  /**
+   * The upstream body failed (cut or stalled). Ending the writable side lets the chunks already
+   * queued pass first; _flush then decides: after [DONE] or a finish_reason the stream is complete
+   * (a cut *without* a finish is the error case), otherwise the error event goes last.
+   */
   terminate(outcome: { ending: StreamEnding; error: ProxyError }): void {
-    if (this.ended || this.destroyed) return
-    this.report(outcome.ending)
-    this.push(errorEvent(outcome.error))
+    if (this.ended || this.destroyed || this.writableEnded) return
+    this.failure = outcome
     this.end()
   }
 

@@ -1,6 +1,7 @@
 import CircuitBreaker from 'opossum'
 import type { Config } from '../config.js'
 import { withoutStack } from '../errors.js'
+import { UpstreamFailure } from './client.js'
 
 /**
  * One opossum circuit breaker per model id (and one for `/models`), so one provider's outage never
@@ -43,6 +44,12 @@ export interface BreakerRegistryOptions {
   readonly config: Config['breaker']
   /** True when an error should count against the breaker (5xx, timeouts, connection errors). */
   readonly isFailure: (error: unknown) => boolean
+  /**
+   * True for an error that says nothing about the upstream's health (the client went away). Never
+   * a failure, but not a success either: a half-open breaker whose probe ends this way re-opens
+   * rather than closing on no evidence. Default: an `UpstreamFailure` of kind `aborted`.
+   */
+  readonly isNeutral?: (error: unknown) => boolean
   readonly events: BreakerEvents
   /** Breakers kept at most; the least recently used closed one is shut down beyond that. */
   readonly maxBreakers?: number
@@ -53,6 +60,7 @@ export interface BreakerRegistryOptions {
 
 export function createBreakerRegistry(options: BreakerRegistryOptions): BreakerRegistry {
   const { config, isFailure, events } = options
+  const isNeutral = options.isNeutral ?? ((error: unknown) => error instanceof UpstreamFailure && error.kind === 'aborted')
   const maxBreakers = options.maxBreakers ?? 512
   const idleEvictMs = options.idleEvictMs ?? 10 * 60 * 1000
   const now = options.now ?? Date.now
@@ -67,7 +75,6 @@ export function createBreakerRegistry(options: BreakerRegistryOptions): BreakerR
     // Percentiles sort latencies on every failure; snapshots emit on a timer. Neither is used.
     rollingPercentilesEnabled: false,
     enableSnapshots: false,
-    errorFilter: (error: unknown) => !isFailure(error),
   }
 
   function entryFor(key: string): Entry {
@@ -81,7 +88,11 @@ export function createBreakerRegistry(options: BreakerRegistryOptions): BreakerR
     }
     evictIdle()
     if (entries.size >= maxBreakers) evictOne()
-    const breaker = new CircuitBreaker(runTask, breakerOptions)
+    const breaker: CircuitBreaker<[() => Promise<unknown>], unknown> = new CircuitBreaker(runTask, {
+      ...breakerOptions,
+      // opossum closes a half-open breaker on any filtered error; an abandoned probe proved nothing.
+      errorFilter: (error: unknown) => !isFailure(error) && !(breaker.halfOpen && isNeutral(error)),
+    })
     const created: Entry = { breaker, openedAtMs: 0, lastUsedMs: now() }
     let state: BreakerState = 'closed'
     const moveTo = (next: BreakerState) => {
