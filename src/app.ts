@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto'
-import { STATUS_CODES } from 'node:http'
+import { STATUS_CODES, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify'
 import type { DestinationStream, Logger } from 'pino'
 import type { Config } from './config.js'
 import { proxyError } from './errors.js'
 import { createForwarder, MODELS_BREAKER_KEY } from './forward.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { createModelsCache } from './models-cache.js'
-import { createBreakerRegistry, type BreakerRegistry } from './upstream/breakers.js'
+import { createBreakerRegistry, type BreakerRegistry, type BreakerState } from './upstream/breakers.js'
 import { ClientGoneError, createRetrier, isBreakerFailure } from './upstream/retrier.js'
 import { createRetryBudget } from './upstream/retry-budget.js'
 import { buildLogger } from './logging.js'
@@ -42,6 +42,7 @@ export interface ProxyApp {
   readonly breakers: BreakerRegistry
 }
 
+const REQUEST_OF = Symbol('toprouter.request')
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/
 const ALL_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'] as const
 
@@ -51,27 +52,27 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const now = deps.now ?? (() => performance.now())
   const lifecycle: Lifecycle = { draining: false }
   const metrics = createMetrics(configuredModels(config))
-  const breakers = createBreakerRegistry({
-    config: config.breaker,
-    isFailure: isBreakerFailure,
-    events: {
-      onStateChange(model, from, to) {
-        metrics.breakerState(model, to)
-        logger.warn({ model, from, to, resetTimeoutMs: config.breaker.resetTimeoutMs }, `circuit breaker ${from} -> ${to}`)
-      },
+  const breakerEvents = {
+    onStateChange(model: string, from: BreakerState, to: BreakerState) {
+      metrics.breakerState(model, to)
+      logger.warn({ model, from, to, resetTimeoutMs: config.breaker.resetTimeoutMs }, `circuit breaker ${from} -> ${to}`)
     },
-  })
+    onEvict: (model: string) => metrics.breakerEvicted(model),
+  }
+  const breakers = createBreakerRegistry({ config: config.breaker, isFailure: isBreakerFailure, events: breakerEvents })
+  const modelsBreakers = createBreakerRegistry({ config: config.breaker, isFailure: isBreakerFailure, events: breakerEvents, maxBreakers: 1 })
   const budget = createRetryBudget(config.retry)
-  const retrier = createRetrier({
+  const retrierDeps = {
     retry: config.retry,
-    breakers,
     budget,
     metrics,
     secret: config.apiKey,
     maxErrorBodyBytes: config.upstream.maxErrorBodyBytes,
     random: deps.random ?? Math.random,
     now,
-  })
+  }
+  const retrier = createRetrier({ ...retrierDeps, breakers })
+  const modelsRetrier = createRetrier({ ...retrierDeps, breakers: modelsBreakers })
   const modelsCache = createModelsCache({ ttlMs: config.models.cacheTtlMs, staleIfErrorMs: config.models.staleIfErrorMs })
 
   const app = Fastify({
@@ -98,12 +99,17 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   })
 
   app.decorateRequest('upstreamTrace', null)
+  app.decorateRequest('recorded', false)
+  app.decorateRequest('receivedAtMs', 0)
 
   // The body is kept as bytes: the route validates it and forwards the client's own bytes.
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => done(null, body))
 
   app.addHook('onRequest', (request, reply, done) => {
+    request.receivedAtMs = performance.now()
+    ;(reply.raw as ServerResponse & { [REQUEST_OF]?: FastifyRequest })[REQUEST_OF] = request
+    reply.raw.once('close', recordIfClientLeft)
     reply.header('x-request-id', request.id)
     if (lifecycle.draining && request.url !== '/readyz' && request.url !== '/healthz') {
       reply.header('connection', 'close')
@@ -113,26 +119,40 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     done()
   })
 
-  app.addHook('onResponse', (request, reply, done) => {
+  /** One log line and one count per request, whether it finished or its client left. */
+  function recordRequest(request: FastifyRequest, status: number, clientGone: boolean): void {
+    if (request.recorded) return
+    request.recorded = true
     const trace = request.upstreamTrace
     const route = request.routeOptions.url ?? 'unmatched'
-    metrics.request(route, reply.statusCode, trace?.model)
+    metrics.request(route, status, trace?.model)
     request.log.info(
       {
         method: request.method,
         route,
-        status: reply.statusCode,
+        status,
         model: trace?.model,
         servedBy: trace?.servedBy,
         attempts: trace?.attempts ?? 0,
         upstreamStatus: trace?.upstreamStatus,
         upstreamMs: trace?.upstreamMs,
-        durationMs: Math.round(reply.elapsedTime),
+        durationMs: Math.round(performance.now() - request.receivedAtMs),
+        ...(clientGone ? { clientGone } : {}),
       },
       'request',
     )
+  }
+
+  app.addHook('onResponse', (request, reply, done) => {
+    recordRequest(request, reply.statusCode, false)
     done()
   })
+  // Fastify runs onResponse only for responses that finished; a client that left is recorded when
+  // its response closes unfinished. A named function, not a closure per request.
+  function recordIfClientLeft(this: ServerResponse & { [REQUEST_OF]?: FastifyRequest }): void {
+    const request = this[REQUEST_OF]
+    if (request !== undefined && !this.writableFinished) recordRequest(request, this.headersSent ? this.statusCode : 499, true)
+  }
 
   app.setErrorHandler((error, request, reply) => {
     if (error instanceof ClientGoneError) {
@@ -156,10 +176,10 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     return sendError(reply, proxyError('route_not_found', `Unknown route: ${request.method} ${shown}`))
   })
 
-  const forwarder = createForwarder({ config, upstream, retrier, budget, metrics, now })
+  const forwarder = createForwarder({ config, upstream, retrier, modelsRetrier, budget, metrics, now })
   registerChatCompletionsRoutes(app, forwarder)
   registerModelsRoutes(app, forwarder, modelsCache, metrics)
-  registerHealthRoutes(app, lifecycle, { details: () => ({ breakers: breakers.states() }) })
+  registerHealthRoutes(app, lifecycle, { details: () => ({ breakers: { ...modelsBreakers.states(), ...breakers.states() } }) })
   app.get('/metrics', async (_request, reply) => {
     reply.header('content-type', metrics.registry.contentType)
     return reply.send(await metrics.registry.metrics())
@@ -177,6 +197,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
 
   app.addHook('onClose', async () => {
     breakers.shutdown()
+    modelsBreakers.shutdown()
     await upstream.close()
   })
 

@@ -75,7 +75,7 @@ export const CONFIG_SCHEMA = {
       responseTimeoutMs: ms(600000, 1),
       streamIdleTimeoutMs: ms(60000, 1),
       requestTimeoutMs: ms(600000, 1),
-      maxConnections: { type: 'integer', minimum: 1, default: 128 },
+      maxConnections: { type: 'integer', minimum: 1, default: 1024 },
       keepAliveTimeoutMs: ms(30000, 1),
       maxErrorBodyBytes: { type: 'integer', minimum: 1024, default: 1048576 },
     }),

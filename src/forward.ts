@@ -27,6 +27,9 @@ export interface UpstreamTrace {
 declare module 'fastify' {
   interface FastifyRequest {
     upstreamTrace: UpstreamTrace | null
+    /** Set once the request's log line and metrics sample are written. */
+    recorded: boolean
+    receivedAtMs: number
   }
 }
 
@@ -46,6 +49,8 @@ export interface ForwarderDeps {
   readonly config: Config
   readonly upstream: UpstreamClient
   readonly retrier: Retrier
+  /** The retrier over the `/models` breaker, kept apart so no chat model id can share it. */
+  readonly modelsRetrier: Retrier
   readonly budget: RetryBudget
   readonly metrics: Metrics
   readonly now: () => number
@@ -61,7 +66,7 @@ const MAX_MODELS_BODY_BYTES = 64 * 1024 * 1024
 export const MODELS_BREAKER_KEY = '/models'
 
 export function createForwarder(deps: ForwarderDeps): Forwarder {
-  const { config, upstream, retrier, budget, metrics } = deps
+  const { config, upstream, retrier, modelsRetrier, budget, metrics } = deps
   const configuredAuthorization = config.apiKey === undefined ? undefined : `Bearer ${config.apiKey}`
   const secret = config.apiKey
   const timeouts = config.upstream
@@ -216,8 +221,9 @@ export function createForwarder(deps: ForwarderDeps): Forwarder {
       } finally {
         trace.attempts = requestBudget.attempts
         release()
+        // Also when the deadline or a client abort ends the chain by throwing.
+        if (!reply.sent) reply.header('x-proxy-attempts', String(requestBudget.attempts))
       }
-      reply.header('x-proxy-attempts', String(requestBudget.attempts))
       throw lastError
     },
 
@@ -228,7 +234,7 @@ export function createForwarder(deps: ForwarderDeps): Forwarder {
       const { budget: requestBudget, release } = startRequestClock(request, reply, false)
       budget.recordRequest()
       try {
-        const outcome = await retrier.run(
+        const outcome = await modelsRetrier.run(
           request.log,
           MODELS_BREAKER_KEY,
           requestBudget,
@@ -242,12 +248,12 @@ export function createForwarder(deps: ForwarderDeps): Forwarder {
           },
           { hasNextModel: false },
         )
-        reply.header('x-proxy-attempts', String(requestBudget.attempts))
         if (!outcome.ok) throw outcome.error
         return outcome.value
       } finally {
         trace.attempts = requestBudget.attempts
         release()
+        if (!reply.sent) reply.header('x-proxy-attempts', String(requestBudget.attempts))
       }
     },
   }

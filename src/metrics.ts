@@ -17,6 +17,7 @@ export interface Metrics {
   retryBudgetExhausted(model: string): void
   fallback(from: string, to: string): void
   breakerState(model: string, state: BreakerState): void
+  breakerEvicted(model: string): void
   streamEnding(model: string, ending: StreamEnding): void
   upstreamLatency(model: string, seconds: number): void
   modelsCache(result: 'HIT' | 'MISS' | 'STALE'): void
@@ -71,6 +72,7 @@ export function createMetrics(knownModels: readonly string[], maxModelLabels = 1
       breakerGauge.set({ model: modelLabel(model) }, STATE_VALUE[state])
       transitions.inc({ model: modelLabel(model), to: state })
     },
+    breakerEvicted: (model) => breakerGauge.remove({ model: modelLabel(model) }),
     streamEnding: (model, ending) => streamEndings.inc({ model: modelLabel(model), ending }),
     upstreamLatency: (model, seconds) => latency.observe({ model: modelLabel(model) }, seconds),
     modelsCache: (result) => modelsCache.inc({ result }),

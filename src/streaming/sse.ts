@@ -54,7 +54,13 @@ export function awaitFirstEvent(body: Body, timeoutMs: number, signal: AbortSign
     }
     const onEnd = () => settle(failure('reset', 'upstream_unreachable', 'The upstream stream ended before its first event'))
     const onError = (error: unknown) =>
-      settle(classifyFailure(error, { headersTimeoutMs: timeoutMs, bodyTimeoutMs: timeoutMs, signal }, 0))
+      // Silence before the first event is a first-byte timeout whichever timer noticed it, so the
+      // retrier moves straight on to a fallback model.
+      settle(
+        (error as { code?: unknown }).code === 'UND_ERR_BODY_TIMEOUT'
+          ? failure('first_byte_timeout', 'upstream_timeout', 'The upstream stream went silent before its first event')
+          : classifyFailure(error, { headersTimeoutMs: timeoutMs, bodyTimeoutMs: timeoutMs, signal }, 0),
+      )
     const onAbort = () => settle(failure('aborted', 'upstream_timeout', 'The request was aborted before the stream started'))
     const timer = setTimeout(
       () => settle(failure('first_byte_timeout', 'upstream_timeout', `The upstream stream sent no event within ${timeoutMs} ms`)),

@@ -13,6 +13,8 @@ export type BreakerState = 'closed' | 'open' | 'half_open'
 
 export interface BreakerEvents {
   onStateChange(key: string, from: BreakerState, to: BreakerState): void
+  /** The key's breaker was dropped (idle or over the bound); its state no longer exists. */
+  onEvict?(key: string): void
 }
 
 export interface BreakerRegistry {
@@ -114,25 +116,29 @@ export function createBreakerRegistry(options: BreakerRegistryOptions): BreakerR
     for (const [key, entry] of entries) {
       if (entry.lastUsedMs >= idleBefore) break // recency order: the rest are newer
       if (entry.breaker.closed) {
-        entry.breaker.shutdown()
-        entries.delete(key)
+        forget(key, entry)
       }
     }
+  }
+
+  function forget(key: string, entry: Entry): void {
+    entry.breaker.shutdown()
+    entries.delete(key)
+    events.onEvict?.(key)
   }
 
   function evictOne(): void {
     for (const [key, entry] of entries) {
       if (entry.breaker.closed) {
-        entry.breaker.shutdown()
-        entries.delete(key)
+        forget(key, entry)
         return
       }
     }
     // Every breaker is open or probing: drop the oldest anyway rather than grow without bound.
     const oldest = entries.keys().next()
     if (!oldest.done) {
-      entries.get(oldest.value)?.breaker.shutdown()
-      entries.delete(oldest.value)
+      const entry = entries.get(oldest.value)
+      if (entry !== undefined) forget(oldest.value, entry)
     }
   }
 
