@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from './config.js'
 import { proxyError, type ProxyError } from './errors.js'
@@ -8,6 +9,7 @@ import { awaitFirstEvent, relayStream } from './streaming/sse.js'
 import { UpstreamFailure, classifyFailure, discardBody, drainBody, failure, type UpstreamClient, type UpstreamResponse } from './upstream/client.js'
 import { DEADLINE, UpstreamStatusError, type RequestBudget, type Retrier } from './upstream/retrier.js'
 import type { RetryBudget } from './upstream/retry-budget.js'
+import { RequestSignal } from './upstream/request-signal.js'
 
 /**
  * One proxied call from the client's point of view: authorise, run the model chain (primary, then
@@ -87,32 +89,13 @@ export function createForwarder(deps: ForwarderDeps): Forwarder {
   }
 
   /** The request's deadline and the abort signal that fires when the client leaves or it passes. */
-  function startRequestClock(request: FastifyRequest, reply: FastifyReply, followClient: boolean): { budget: RequestBudget; release: () => void } {
-    const controller = new AbortController()
-    const stainlessTimeoutS = Number(request.headers['x-stainless-timeout'])
-    const deadlineMs =
-      Number.isFinite(stainlessTimeoutS) && stainlessTimeoutS > 0
-        ? Math.min(timeouts.requestTimeoutMs, stainlessTimeoutS * 1000)
-        : timeouts.requestTimeoutMs
-    const retryCount = Number(request.headers['x-stainless-retry-count'])
-    const onClientGone = () => {
-      if (!reply.raw.writableFinished) controller.abort()
-    }
-    if (followClient) reply.raw.once('close', onClientGone)
-    const deadlineTimer = setTimeout(() => controller.abort(DEADLINE), deadlineMs)
-    return {
-      budget: {
-        signal: controller.signal,
-        deadlineAtMs: deps.now() + deadlineMs,
-        clientRetryCount: Number.isFinite(retryCount) && retryCount > 0 ? retryCount : 0,
-        attempts: 0,
-      },
-      // Once a response is committed, the deadline no longer applies and the relay owns aborts.
-      release: () => {
-        clearTimeout(deadlineTimer)
-        reply.raw.off('close', onClientGone)
-      },
-    }
+  function startRequestClock(request: FastifyRequest, reply: FastifyReply, followClient: boolean): RequestClock {
+    const stainlessTimeout = request.headers['x-stainless-timeout']
+    const stainlessTimeoutS = stainlessTimeout === undefined ? NaN : Number(stainlessTimeout)
+    const deadlineMs = stainlessTimeoutS > 0 ? Math.min(timeouts.requestTimeoutMs, stainlessTimeoutS * 1000) : timeouts.requestTimeoutMs
+    const retryHeader = request.headers['x-stainless-retry-count']
+    const retryCount = retryHeader === undefined ? 0 : Number(retryHeader)
+    return new RequestClock(reply.raw, deadlineMs, deps.now(), retryCount > 0 ? retryCount : 0, followClient)
   }
 
   function traceOf(request: FastifyRequest, model: string | undefined): UpstreamTrace {
@@ -190,28 +173,28 @@ export function createForwarder(deps: ForwarderDeps): Forwarder {
       const trace = traceOf(request, chat.model)
       const headers = upstreamHeaders(request, true)
       const chain = modelChain(chat, config.fallbacks)
-      const { budget: requestBudget, release } = startRequestClock(request, reply, true)
+      const requestBudget = startRequestClock(request, reply, true)
       budget.recordRequest()
-      let lastError: ProxyError = proxyError('internal_error')
+      let lastError: ProxyError | undefined
       try {
         for (let index = 0; index < chain.length; index++) {
           const model = chain[index] as string
           if (index > 0) {
             metrics.fallback(chain[index - 1] as string, model)
-            request.log.warn({ from: chain[index - 1], to: model, code: lastError.code }, 'falling back to the next model')
+            request.log.warn({ from: chain[index - 1], to: model, code: lastError?.code }, 'falling back to the next model')
           }
           const body = bodyFor(chat, model)
-          const attemptHeaders = { ...headers, 'content-length': String(body.length) }
+          headers['content-length'] = String(body.length)
           const outcome = await retrier.run(
             request.log,
             model,
             requestBudget,
-            () => attemptOnce(requestBudget, trace, { path: '/chat/completions' + querySuffix(request.url), method: 'POST', headers: attemptHeaders, body, stream: chat.stream }),
+            () => attemptOnce(requestBudget, trace, { path: '/chat/completions' + querySuffix(request.url), method: 'POST', headers, body, stream: chat.stream }),
             { hasNextModel: index < chain.length - 1 },
           )
           trace.attempts = requestBudget.attempts
           if (outcome.ok) {
-            release()
+            requestBudget.release()
             trace.servedBy = model
             return commit(reply, model, requestBudget, outcome.value, chat.stream)
           }
@@ -220,18 +203,18 @@ export function createForwarder(deps: ForwarderDeps): Forwarder {
         }
       } finally {
         trace.attempts = requestBudget.attempts
-        release()
+        requestBudget.release()
         // Also when the deadline or a client abort ends the chain by throwing.
         if (!reply.sent) reply.header('x-proxy-attempts', String(requestBudget.attempts))
       }
-      throw lastError
+      throw lastError ?? proxyError('internal_error')
     },
 
     async fetchModels(request, reply, path) {
       const trace = traceOf(request, undefined)
       const headers = upstreamHeaders(request, false)
       // Not tied to this client: the fetch is shared by every caller waiting on the cache.
-      const { budget: requestBudget, release } = startRequestClock(request, reply, false)
+      const requestBudget = startRequestClock(request, reply, false)
       budget.recordRequest()
       try {
         const outcome = await modelsRetrier.run(
@@ -252,7 +235,7 @@ export function createForwarder(deps: ForwarderDeps): Forwarder {
         return outcome.value
       } finally {
         trace.attempts = requestBudget.attempts
-        release()
+        requestBudget.release()
         if (!reply.sent) reply.header('x-proxy-attempts', String(requestBudget.attempts))
       }
     },
@@ -313,4 +296,47 @@ function isJson(contentType: string | string[] | undefined): boolean {
 
 function isEventStream(contentType: string | string[] | undefined): boolean {
   return String(contentType ?? '').toLowerCase().includes('text/event-stream')
+}
+
+const CLOCK_OF = Symbol('toprouter.requestClock')
+
+/**
+ * A request's deadline and abort signal, as one object with no per-request closures: the
+ * response's `close` and the deadline timer both find it through plain references.
+ */
+class RequestClock implements RequestBudget {
+  readonly signal = new RequestSignal()
+  readonly deadlineAtMs: number
+  readonly clientRetryCount: number
+  attempts = 0
+  private readonly response: ServerResponse & { [CLOCK_OF]?: RequestClock }
+  private readonly deadlineTimer: NodeJS.Timeout
+  private released = false
+
+  constructor(response: ServerResponse, deadlineMs: number, nowMs: number, clientRetryCount: number, followClient: boolean) {
+    this.response = response
+    this.deadlineAtMs = nowMs + deadlineMs
+    this.clientRetryCount = clientRetryCount
+    this.deadlineTimer = setTimeout(abortAtDeadline, deadlineMs, this.signal)
+    if (followClient) {
+      this.response[CLOCK_OF] = this
+      this.response.once('close', abortWhenClientLeaves)
+    }
+  }
+
+  /** Once a response is committed, the deadline no longer applies and the relay owns aborts. */
+  release(): void {
+    if (this.released) return
+    this.released = true
+    clearTimeout(this.deadlineTimer)
+    this.response.off('close', abortWhenClientLeaves)
+  }
+}
+
+function abortAtDeadline(signal: RequestSignal): void {
+  signal.abort(DEADLINE)
+}
+
+function abortWhenClientLeaves(this: ServerResponse & { [CLOCK_OF]?: RequestClock }): void {
+  if (!this.writableFinished) this[CLOCK_OF]?.signal.abort()
 }

@@ -29,7 +29,8 @@ const FRAMING_ON_RESPONSE = new Set(['content-length', 'date'])
 const ENTITY_HEADERS = new Set(['content-type', 'content-length', 'content-encoding', 'etag', 'last-modified', 'date'])
 
 function connectionListed(connection: string | string[] | undefined): Set<string> | undefined {
-  if (connection === undefined) return undefined
+  // The usual values name no other header; skip building a set for them.
+  if (connection === undefined || connection === 'keep-alive' || connection === 'close') return undefined
   const listed = new Set<string>()
   for (const value of Array.isArray(connection) ? connection : [connection]) {
     for (const token of value.split(',')) {

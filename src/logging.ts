@@ -25,9 +25,35 @@ export function buildLogger(level: LogLevel, destination?: DestinationStream): L
     redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
     timestamp: pino.stdTimeFunctions.isoTime,
   }
-  // A synchronous stdout: on exit, pino's flush of an async destination retries EPIPE forever when
-  // the reader of stdout (a pipe to pino-pretty, say) died with the same Ctrl-C, hanging shutdown.
-  return pino(options, destination ?? pino.destination({ fd: 1, sync: true }))
+  // Asynchronous stdout: lines written while a write is in flight go out together, instead of one
+  // write(2) per request on the hot path. drainLogs() must run before the process exits.
+  return pino(options, destination ?? pino.destination({ fd: 1, sync: false }))
+}
+
+interface AsyncDestination {
+  readonly _writing?: boolean
+  once(event: 'drain' | 'error', listener: () => void): unknown
+}
+
+/**
+ * Waits until the stdout destination has written everything, so nothing is lost at exit and
+ * pino's exit-time flushSync() has nothing left to write. That matters: flushSync() retries a
+ * failed write forever, so with the reader of stdout gone (Ctrl-C on `proxy | pino-pretty`) an
+ * unflushed buffer would hang the exit. An async write that fails instead emits 'error', which
+ * pino answers by turning the destination into a no-op.
+ */
+export function drainLogs(logger: Logger, timeoutMs = 2000): Promise<void> {
+  const destination = (logger as unknown as Record<symbol, AsyncDestination | undefined>)[pino.symbols.streamSym]
+  if (destination?._writing !== true) return Promise.resolve()
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs)
+    const done = () => {
+      clearTimeout(timer)
+      resolve()
+    }
+    destination.once('drain', done)
+    destination.once('error', done)
+  })
 }
 
 const KEY_PATTERN = /\b(sk|tr|or)-[A-Za-z0-9_\-]{12,}/g

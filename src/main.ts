@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.js'
 import { ConfigError, loadConfig, type Config } from './config.js'
+import { drainLogs } from './logging.js'
 import { drain } from './shutdown.js'
 
 /** The CLI: flags → config → app → listen, and a graceful drain on SIGTERM/SIGINT. */
@@ -97,12 +98,14 @@ async function main(): Promise<void> {
     logger.info({ signal, drainTimeoutMs: config.server.drainTimeoutMs }, 'draining: no new connections, waiting for in-flight requests')
     const result = await drain(app, lifecycle, config.server.drainTimeoutMs)
     logger.info(result, 'drained, exiting')
+    await drainLogs(logger)
   })
 
   try {
     await app.listen({ host: config.listen.host, port: config.listen.port })
   } catch (err: unknown) {
     logger.fatal({ err }, `cannot listen on ${config.listen.host}:${config.listen.port}`)
+    await drainLogs(logger)
     process.exit(1)
   }
   const address = app.server.address()

@@ -1,5 +1,6 @@
 import { Transform, type TransformCallback } from 'node:stream'
 import { proxyError, type ProxyError } from '../errors.js'
+import type { RequestSignal } from '../upstream/request-signal.js'
 import { classifyFailure, discardBody, failure, type UpstreamResponse, type UpstreamFailure } from '../upstream/client.js'
 
 /**
@@ -26,7 +27,7 @@ const JUNCTION_BYTES = 48
  * count). Resolves with the chunks read so far and leaves the body paused; rejects with a
  * retryable failure when the stream ends, breaks or stays silent for `timeoutMs`.
  */
-export function awaitFirstEvent(body: Body, timeoutMs: number, signal: AbortSignal): Promise<Buffer[]> {
+export function awaitFirstEvent(body: Body, timeoutMs: number, signal: RequestSignal): Promise<Buffer[]> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = []
     let text = ''
@@ -35,7 +36,7 @@ export function awaitFirstEvent(body: Body, timeoutMs: number, signal: AbortSign
       body.off('data', onData)
       body.off('end', onEnd)
       body.off('error', onError)
-      signal.removeEventListener('abort', onAbort)
+      signal.off('abort', onAbort)
       if (Array.isArray(outcome)) {
         resolve(outcome)
       } else {
@@ -69,7 +70,7 @@ export function awaitFirstEvent(body: Body, timeoutMs: number, signal: AbortSign
     body.on('data', onData)
     body.once('end', onEnd)
     body.once('error', onError)
-    signal.addEventListener('abort', onAbort, { once: true })
+    signal.once('abort', onAbort)
   })
 }
 

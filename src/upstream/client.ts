@@ -4,6 +4,7 @@ import type { Dispatcher } from 'undici'
 import type { Config } from '../config.js'
 import { ERROR_REGISTRY, type ErrorCode, ProxyError, withoutStack } from '../errors.js'
 import type { HeaderMap } from '../http-headers.js'
+import type { RequestSignal } from './request-signal.js'
 
 /**
  * The one place where one upstream attempt happens: a keep-alive undici Pool to the upstream's
@@ -17,7 +18,7 @@ export interface AttemptOptions {
   readonly path: string
   readonly headers: HeaderMap
   readonly body?: Buffer | undefined
-  readonly signal: AbortSignal
+  readonly signal: RequestSignal
   /** How long to wait for the response headers. */
   readonly headersTimeoutMs: number
   /** How long the body may go silent between two chunks. */

@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
 import { proxyError, type ProxyError } from '../errors.js'
@@ -8,6 +7,7 @@ import { UpstreamFailure, discardBody, type UpstreamResponse } from './client.js
 import { normalizeUpstreamError } from './normalize.js'
 import { decideRetry, isRetryableStatus, serverPushbackMs } from './retry-policy.js'
 import type { RetryBudget } from './retry-budget.js'
+import { waitUnlessAborted, type RequestSignal } from './request-signal.js'
 
 /**
  * The retry loop for one model: every attempt goes through the model's circuit breaker; a
@@ -35,7 +35,7 @@ export function isBreakerFailure(error: unknown): boolean {
 }
 
 export interface RequestBudget {
-  readonly signal: AbortSignal
+  readonly signal: RequestSignal
   readonly deadlineAtMs: number
   /** From `X-Stainless-Retry-Count`: ≥ 1 means the client is already retrying. */
   readonly clientRetryCount: number
@@ -146,7 +146,7 @@ export function createRetrier(deps: RetrierDeps): Retrier {
         metrics.retry(key, outcomeLabel)
         log.info({ model: key, attempt: attemptForModel, delayMs: Math.round(decision.delayMs), delaySource: decision.source, reason: outcomeLabel }, 'retrying')
         try {
-          await sleep(decision.delayMs, undefined, { signal: request.signal })
+          await waitUnlessAborted(decision.delayMs, request.signal)
         } catch {
           throw abortOutcome(request)
         }
