@@ -17,7 +17,7 @@ const DATA_LINE = /(^|\n)data:/
 const DONE_EVENT = Buffer.from('data: [DONE]\n\n')
 // At the start of a line only: inside a JSON string a newline is escaped, so a delta whose text
 // mentions `data: [DONE]` cannot match. The relay's tail starts as '\n' for the stream's first line.
-const DONE_MARKERS = [Buffer.from('\ndata: [DONE]'), Buffer.from('\ndata:[DONE]')]
+const DONE_TOKEN = Buffer.from('[DONE]')
 const FINISH_KEY = Buffer.from('"finish_reason"')
 /** Long enough to hold any marker that may straddle two chunks. */
 const JUNCTION_BYTES = 48
@@ -118,7 +118,10 @@ class SseRelay extends Transform {
   private ended = false
   /** Why the upstream body failed, if it did; acted on in _flush, after the chunks still queued. */
   private failure: { ending: StreamEnding; error: ProxyError } | undefined
-  private tail: Buffer = Buffer.from('\n')
+  /** The last bytes of the previous chunk, kept only when it ended mid-line. */
+  private tail: Buffer | undefined = undefined
+  private atLineStart = true
+  private tailStartsLine = false
   private readonly onEnd: (ending: StreamEnding) => void
 
   constructor(onEnd: (ending: StreamEnding) => void) {
@@ -168,17 +171,55 @@ class SseRelay extends Transform {
     this.onEnd(ending)
   }
 
+  /**
+   * Upstream chunks nearly always end on an event boundary, so the usual chunk costs two
+   * indexOf() calls and nothing else. Only when the previous chunk ended mid-line can a marker
+   * straddle the boundary; then the previous chunk's last bytes and this one's first are joined.
+   */
   private scan(chunk: Buffer): void {
-    const junction = this.tail.length === 0 ? chunk : Buffer.concat([this.tail, chunk.subarray(0, JUNCTION_BYTES)])
-    for (const region of junction === chunk ? [chunk] : [junction, chunk]) {
-      if (!this.finished && hasFinishReason(region)) this.finished = true
-      if (DONE_MARKERS.some((marker) => region.includes(marker))) {
-        this.sawDone = true
-        return
-      }
+    if (this.tail !== undefined) {
+      const junction = Buffer.concat([this.tail, chunk.subarray(0, JUNCTION_BYTES)])
+      if (this.scanRegion(junction, this.tailStartsLine)) return
     }
-    this.tail = chunk.length >= JUNCTION_BYTES ? chunk.subarray(chunk.length - JUNCTION_BYTES) : Buffer.concat([this.tail, chunk]).subarray(-JUNCTION_BYTES)
+    const chunkStartsLine = this.atLineStart
+    if (this.scanRegion(chunk, chunkStartsLine)) return
+    this.atLineStart = chunk[chunk.length - 1] === 0x0a
+    if (this.atLineStart) {
+      this.tail = undefined
+      return
+    }
+    const extendTail = this.tail !== undefined && chunk.length < JUNCTION_BYTES
+    const joined = extendTail ? Buffer.concat([this.tail as Buffer, chunk]) : chunk
+    const joinedStartsLine = extendTail ? this.tailStartsLine : chunkStartsLine
+    this.tailStartsLine = joinedStartsLine && joined.length <= JUNCTION_BYTES
+    this.tail = joined.subarray(Math.max(0, joined.length - JUNCTION_BYTES))
   }
+
+  private scanRegion(region: Buffer, startsAtLineStart: boolean): boolean {
+    if (!this.finished && hasFinishReason(region)) this.finished = true
+    if (hasDoneEvent(region, startsAtLineStart)) {
+      this.sawDone = true
+      return true
+    }
+    return false
+  }
+}
+
+/**
+ * True when the bytes hold a `data: [DONE]` (or `data:[DONE]`) line. It must start a line: the
+ * text `data: [DONE]` inside a reply is inside a JSON string, where a newline is always escaped.
+ */
+export function hasDoneEvent(bytes: Buffer, startsAtLineStart: boolean): boolean {
+  for (let at = bytes.indexOf(DONE_TOKEN); at !== -1; at = bytes.indexOf(DONE_TOKEN, at + 1)) {
+    let i = at - 1
+    if (bytes[i] === 0x20) i-- // the optional space after the colon
+    // "data:" ends at i
+    if (i >= 4 && bytes[i] === 0x3a && bytes[i - 1] === 0x61 && bytes[i - 2] === 0x74 && bytes[i - 3] === 0x61 && bytes[i - 4] === 0x64) {
+      const before = i - 5
+      if (before < 0 ? startsAtLineStart : bytes[before] === 0x0a) return true
+    }
+  }
+  return false
 }
 
 /** True when the bytes hold `"finish_reason"` followed by a string (not `null`). */
