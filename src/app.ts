@@ -109,7 +109,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   app.addHook('onRequest', (request, reply, done) => {
     request.receivedAtMs = performance.now()
     ;(reply.raw as ServerResponse & { [REQUEST_OF]?: FastifyRequest })[REQUEST_OF] = request
-    reply.raw.once('close', recordIfClientLeft)
+    reply.raw.once('close', recordOnClose)
     reply.header('x-request-id', request.id)
     if (lifecycle.draining && request.url !== '/readyz' && request.url !== '/healthz') {
       reply.header('connection', 'close')
@@ -147,11 +147,14 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     recordRequest(request, reply.statusCode, false)
     done()
   })
-  // Fastify runs onResponse only for responses that finished; a client that left is recorded when
-  // its response closes unfinished. A named function, not a closure per request.
-  function recordIfClientLeft(this: ServerResponse & { [REQUEST_OF]?: FastifyRequest }): void {
+  // Fastify runs onResponse only for responses it sent that finished; a client that left, or a
+  // stream the relay wrote itself (a hijacked reply), is recorded when its response closes.
+  // A named function, not a closure per request.
+  function recordOnClose(this: ServerResponse & { [REQUEST_OF]?: FastifyRequest }): void {
     const request = this[REQUEST_OF]
-    if (request !== undefined && !this.writableFinished) recordRequest(request, this.headersSent ? this.statusCode : 499, true)
+    if (request === undefined || request.recorded) return
+    const clientGone = !this.writableFinished
+    recordRequest(request, this.headersSent ? this.statusCode : 499, clientGone)
   }
 
   app.setErrorHandler((error, request, reply) => {

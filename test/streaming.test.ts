@@ -110,7 +110,8 @@ t.test('hasFinishReason: a string value counts, null and a missing value do not'
 async function relayChunks(chunks: readonly string[]): Promise<{ out: string; ending: StreamEnding | undefined }> {
   const body = new PassThrough()
   let ending: StreamEnding | undefined
-  const relay = relayStream(body as unknown as Parameters<typeof relayStream>[0], chunks.map((c) => Buffer.from(c)), {
+  const relay = new PassThrough()
+  relayStream(body as unknown as Parameters<typeof relayStream>[0], chunks.map((c) => Buffer.from(c)), relay, {
     idleTimeoutMs: 1000,
     onEnd: (e) => (ending = e),
   })
@@ -157,7 +158,8 @@ t.test('relayStream: a body that fails while chunks are still queued puts the er
   const body = new PassThrough()
   const event = (i: number) => chunkEvent(MODEL, i, `${i}-${'x'.repeat(500)}`)
   let ending: StreamEnding | undefined
-  const relay = relayStream(body as unknown as Parameters<typeof relayStream>[0], [Buffer.from(event(0))], { idleTimeoutMs: 1000, onEnd: (e) => (ending = e) })
+  const relay = new PassThrough()
+  relayStream(body as unknown as Parameters<typeof relayStream>[0], [Buffer.from(event(0))], relay, { idleTimeoutMs: 1000, onEnd: (e) => (ending = e) })
   let sent = event(0)
   for (let i = 1; i < 100; i++) {
     body.write(event(i))
@@ -185,7 +187,8 @@ t.test('relayStream: a body that stalls after a finish_reason ends with [DONE], 
   ] as const) {
     const body = new PassThrough()
     let ending: StreamEnding | undefined
-    const relay = relayStream(body as unknown as Parameters<typeof relayStream>[0], [Buffer.from(sent)], { idleTimeoutMs: 1000, onEnd: (e) => (ending = e) })
+    const relay = new PassThrough()
+    relayStream(body as unknown as Parameters<typeof relayStream>[0], [Buffer.from(sent)], relay, { idleTimeoutMs: 1000, onEnd: (e) => (ending = e) })
     body.destroy(Object.assign(new Error('Body Timeout Error'), { code: 'UND_ERR_BODY_TIMEOUT' }))
     const out: Buffer[] = []
     for await (const part of relay) out.push(part as Buffer)

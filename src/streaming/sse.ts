@@ -1,4 +1,3 @@
-import { Transform, type TransformCallback } from 'node:stream'
 import { proxyError, type ProxyError } from '../errors.js'
 import type { RequestSignal } from '../upstream/request-signal.js'
 import { classifyFailure, discardBody, failure, type UpstreamResponse, type UpstreamFailure } from '../upstream/client.js'
@@ -38,6 +37,9 @@ export function awaitFirstEvent(body: Body, timeoutMs: number, signal: RequestSi
       body.off('error', onError)
       signal.off('abort', onAbort)
       if (Array.isArray(outcome)) {
+        // Until the relay takes over, a reset must not surface as an uncaught 'error'; the relay
+        // sees it through body.errored.
+        body.on('error', ignoreError)
         resolve(outcome)
       } else {
         discardBody(body)
@@ -74,6 +76,8 @@ export function awaitFirstEvent(body: Body, timeoutMs: number, signal: RequestSi
   })
 }
 
+function ignoreError(): void {}
+
 function lastBoundary(text: string): number {
   let last = -1
   const pattern = new RegExp(EVENT_BOUNDARY.source, 'g')
@@ -89,89 +93,110 @@ export interface RelayOptions {
   readonly onEnd: (ending: StreamEnding) => void
 }
 
+/** Where a committed stream is written: the client's response (or, in tests, any Writable). */
+export interface StreamDestination {
+  write(chunk: Buffer): boolean
+  end(chunk?: Buffer): unknown
+  once(event: 'drain' | 'close', listener: () => void): unknown
+  on(event: 'drain' | 'close', listener: () => void): unknown
+  readonly writableEnded: boolean
+}
+
 /**
- * Relays a committed stream: the chunks already read, then the rest of the body, with
- * backpressure (pipe), scanning bytes for `finish_reason` and `[DONE]` without decoding them.
+ * Relays a committed stream: the chunks already read, then the rest of the body, written straight
+ * to the destination with backpressure (pause on a full buffer, resume on drain) — no extra
+ * stream in between — while the bytes are scanned for `finish_reason` and `[DONE]`. When the body
+ * ends or fails, the ending is decided: nothing added after `[DONE]`, `[DONE]` added after a
+ * finish, otherwise one error event.
  */
-export function relayStream(body: Body, firstChunks: readonly Buffer[], options: RelayOptions): Transform {
-  const relay = new SseRelay(options.onEnd)
+export function relayStream(body: Body, firstChunks: readonly Buffer[], destination: StreamDestination, options: RelayOptions): void {
+  const relay = new SseRelay(body, destination, options.onEnd)
   body.on('error', (error: unknown) => {
     const code = (error as { code?: unknown }).code
-    relay.terminate(
+    relay.finish(
       code === 'UND_ERR_BODY_TIMEOUT'
         ? { ending: 'stalled', error: proxyError('upstream_timeout', `The upstream stream stalled for ${options.idleTimeoutMs} ms`) }
         : { ending: 'cut', error: proxyError('stream_interrupted') },
     )
   })
-  relay.on('close', () => {
-    if (!body.readableEnded) discardBody(body)
-    relay.clientGone()
-  })
-  for (const chunk of firstChunks) relay.write(chunk)
-  body.pipe(relay)
-  return relay
+  body.on('end', () => relay.finish(undefined))
+  destination.on('drain', () => relay.drained())
+  destination.once('close', () => relay.destinationClosed())
+  for (const chunk of firstChunks) relay.forward(chunk)
+  body.on('data', (chunk: Buffer) => relay.forward(chunk))
+  if (body.errored) {
+    relay.finish({ ending: 'cut', error: proxyError('stream_interrupted') })
+  } else if (body.readableEnded) {
+    // The whole body arrived with the first event and its 'end' has already been emitted.
+    relay.finish(undefined)
+  } else if (!relay.ended && !relay.waitingForDrain) {
+    // awaitFirstEvent left the body explicitly paused, which a new 'data' listener does not undo.
+    body.resume()
+  }
 }
 
-class SseRelay extends Transform {
+class SseRelay {
   private finished = false
   private sawDone = false
-  private ended = false
-  /** Why the upstream body failed, if it did; acted on in _flush, after the chunks still queued. */
-  private failure: { ending: StreamEnding; error: ProxyError } | undefined
+  ended = false
+  waitingForDrain = false
   /** The last bytes of the previous chunk, kept only when it ended mid-line. */
   private tail: Buffer | undefined = undefined
   private atLineStart = true
   private tailStartsLine = false
+  private readonly body: Body
+  private readonly destination: StreamDestination
   private readonly onEnd: (ending: StreamEnding) => void
 
-  constructor(onEnd: (ending: StreamEnding) => void) {
-    super()
+  constructor(body: Body, destination: StreamDestination, onEnd: (ending: StreamEnding) => void) {
+    this.body = body
+    this.destination = destination
     this.onEnd = onEnd
   }
 
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+  forward(chunk: Buffer): void {
+    if (this.ended) return
     if (!this.sawDone) this.scan(chunk)
-    callback(null, chunk)
-  }
-
-  override _flush(callback: TransformCallback): void {
-    if (!this.ended) {
-      if (this.sawDone) {
-        this.report('done')
-      } else if (this.finished) {
-        this.push(DONE_EVENT)
-        this.report('done_added')
-      } else {
-        const cut: { ending: StreamEnding; error: ProxyError } = this.failure ?? { ending: 'cut', error: proxyError('stream_interrupted') }
-        this.push(errorEvent(cut.error))
-        this.report(cut.ending)
-      }
+    if (!this.destination.write(chunk)) {
+      this.waitingForDrain = true
+      this.body.pause()
     }
-    callback()
   }
 
-  /**
-   * The upstream body failed (cut or stalled). Ending the writable side lets the chunks already
-   * queued pass first; _flush then decides: after [DONE] or a finish_reason the stream is complete
-   * (a cut *without* a finish is the error case), otherwise the error event goes last.
-   */
-  terminate(outcome: { ending: StreamEnding; error: ProxyError }): void {
-    if (this.ended || this.destroyed || this.writableEnded) return
-    this.failure = outcome
-    this.end()
+  drained(): void {
+    this.waitingForDrain = false
+    this.body.resume()
   }
 
-  clientGone(): void {
+  /** The body ended (failure undefined) or failed; what the client gets last is decided here. */
+  finish(failure: { ending: StreamEnding; error: ProxyError } | undefined): void {
+    if (this.ended) return
+    if (this.sawDone) {
+      this.report('done')
+      this.destination.end()
+    } else if (this.finished) {
+      // A finished stream whose [DONE] never came (or that was cut after its finish) is complete.
+      this.report('done_added')
+      this.destination.end(DONE_EVENT)
+    } else {
+      const cut = failure ?? { ending: 'cut' as const, error: proxyError('stream_interrupted') }
+      this.report(cut.ending)
+      this.destination.end(errorEvent(cut.error))
+    }
+  }
+
+  destinationClosed(): void {
+    if (this.ended) return
+    discardBody(this.body)
     this.report('client_gone')
   }
 
   private report(ending: StreamEnding): void {
-    if (this.ended) return
     this.ended = true
     this.onEnd(ending)
   }
 
-  /**
+/**
    * Upstream chunks nearly always end on an event boundary, so the usual chunk costs two
    * indexOf() calls and nothing else. Only when the previous chunk ended mid-line can a marker
    * straddle the boundary; then the previous chunk's last bytes and this one's first are joined.
