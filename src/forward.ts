@@ -62,9 +62,12 @@ interface Attempted {
   readonly response: UpstreamResponse
   /** For streams: the chunks read up to and including the first event. */
   readonly firstChunks: readonly Buffer[] | undefined
+  /** For everything else: the whole body, read before anything is committed to the client. */
+  readonly body: Buffer | undefined
 }
 
-const MAX_MODELS_BODY_BYTES = 64 * 1024 * 1024
+/** Non-streaming answers and model lists are read whole; beyond this size something is wrong. */
+const MAX_BODY_BYTES = 64 * 1024 * 1024
 export const MODELS_BREAKER_KEY = '/models'
 
 export function createForwarder(deps: ForwarderDeps): Forwarder {
@@ -129,33 +132,35 @@ export function createForwarder(deps: ForwarderDeps): Forwarder {
     trace.upstreamStatus = response.statusCode
     trace.upstreamMs = Math.round(deps.now() - startedAt)
     if (response.statusCode < 200 || response.statusCode > 299) throw new UpstreamStatusError(response)
-    if (!options.stream || !isEventStream(response.headers['content-type'])) return { response, firstChunks: undefined }
-    try {
-      const remainingMs = firstByteMs - (deps.now() - startedAt)
-      const firstChunks = await awaitFirstEvent(response.body, remainingMs, requestBudget.signal)
-      trace.upstreamMs = Math.round(deps.now() - startedAt)
-      return { response, firstChunks }
-    } catch (error: unknown) {
-      throw deadlineAware(error, requestBudget)
+    if (options.stream && isEventStream(response.headers['content-type'])) {
+      try {
+        const remainingMs = firstByteMs - (deps.now() - startedAt)
+        const firstChunks = await awaitFirstEvent(response.body, remainingMs, requestBudget.signal)
+        trace.upstreamMs = Math.round(deps.now() - startedAt)
+        return { response, firstChunks, body: undefined }
+      } catch (error: unknown) {
+        throw deadlineAware(error, requestBudget)
+      }
     }
+    if (!isJson(response.headers['content-type'])) {
+      drainBody(response.body)
+      throw proxyError(
+        'invalid_upstream_response',
+        `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}${options.stream ? ' to a streaming request' : ''}`,
+      )
+    }
+    // A non-streaming answer is read whole before it is committed, so a body cut half-way is a
+    // retryable failure instead of a truncated 200 — and sending a buffer is cheaper than a pipe.
+    return { response, firstChunks: undefined, body: await readAll(response, requestBudget) }
   }
 
-  function commit(reply: FastifyReply, model: string, requestBudget: RequestBudget, attempted: Attempted, stream: boolean): FastifyReply {
-    const { response, firstChunks } = attempted
+  function commit(reply: FastifyReply, model: string, requestBudget: RequestBudget, attempted: Attempted): FastifyReply {
+    const { response, firstChunks, body } = attempted
     reply.code(response.statusCode)
-    reply.headers(forwardableResponseHeaders(response.headers, firstChunks === undefined, secret))
+    reply.headers(forwardableResponseHeaders(response.headers, false, secret))
     reply.header('x-proxy-attempts', String(requestBudget.attempts))
     reply.header('x-proxy-model', model)
-    if (firstChunks === undefined) {
-      if (!isJson(response.headers['content-type'])) {
-        drainBody(response.body)
-        throw proxyError(
-          'invalid_upstream_response',
-          `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}${stream ? ' to a streaming request' : ''}`,
-        )
-      }
-      return reply.send(response.body)
-    }
+    if (firstChunks === undefined) return reply.send(body)
     reply.header('cache-control', response.headers['cache-control'] ?? 'no-cache')
     reply.header('x-accel-buffering', 'no')
     // The relay writes to the socket itself: a stream in between (what reply.send(stream) needs)
@@ -201,7 +206,7 @@ export function createForwarder(deps: ForwarderDeps): Forwarder {
           if (outcome.ok) {
             requestBudget.release()
             trace.servedBy = model
-            return commit(reply, model, requestBudget, outcome.value, chat.stream)
+            return commit(reply, model, requestBudget, outcome.value)
           }
           lastError = outcome.error
           if (!outcome.fallbackEligible) break
@@ -227,12 +232,8 @@ export function createForwarder(deps: ForwarderDeps): Forwarder {
           MODELS_BREAKER_KEY,
           requestBudget,
           async () => {
-            const { response } = await attemptOnce(requestBudget, trace, { path, method: 'GET', headers, body: undefined, stream: false })
-            const body = await readAll(response, requestBudget)
-            if (!isJson(response.headers['content-type'])) {
-              throw proxyError('invalid_upstream_response', `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}`)
-            }
-            return { statusCode: response.statusCode, headers: forwardableResponseHeaders(response.headers, false, secret), body }
+            const { response, body } = await attemptOnce(requestBudget, trace, { path, method: 'GET', headers, body: undefined, stream: false })
+            return { statusCode: response.statusCode, headers: forwardableResponseHeaders(response.headers, false, secret), body: body ?? Buffer.alloc(0) }
           },
           { hasNextModel: false },
         )
@@ -263,15 +264,30 @@ function bodyFor(chat: ChatRequest, model: string): Buffer {
   return Buffer.from(JSON.stringify({ ...rest, model }))
 }
 
+/** Reads a whole success body, up to MAX_BODY_BYTES; a failure mid-body is a retryable UpstreamFailure. */
 async function readAll(response: UpstreamResponse, requestBudget: RequestBudget): Promise<Buffer> {
+  const declaredLength = Number(response.headers['content-length'])
+  if (declaredLength > MAX_BODY_BYTES) {
+    discardBody(response.body)
+    throw proxyError('invalid_upstream_response', `The upstream response exceeded ${MAX_BODY_BYTES} bytes`)
+  }
+  if (declaredLength >= 0) {
+    // Bounded by the declared length: undici's own consumer is the cheapest way to read it.
+    try {
+      const bytes = await response.body.bytes()
+      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    } catch (error: unknown) {
+      throw deadlineAware(classifyFailure(error, { headersTimeoutMs: 0, bodyTimeoutMs: 0, signal: requestBudget.signal }, 0), requestBudget)
+    }
+  }
   const chunks: Buffer[] = []
   let length = 0
   try {
     for await (const chunk of response.body) {
       length += (chunk as Buffer).length
-      if (length > MAX_MODELS_BODY_BYTES) {
+      if (length > MAX_BODY_BYTES) {
         discardBody(response.body)
-        throw proxyError('invalid_upstream_response', `The upstream response exceeded ${MAX_MODELS_BODY_BYTES} bytes`)
+        throw proxyError('invalid_upstream_response', `The upstream response exceeded ${MAX_BODY_BYTES} bytes`)
       }
       chunks.push(chunk as Buffer)
     }

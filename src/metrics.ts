@@ -60,11 +60,28 @@ export function createMetrics(knownModels: readonly string[], maxModelLabels = 1
     return 'other'
   }
 
+  // prom-client hashes a label object on every inc(); the hot series are kept as children instead.
+  const requestChildren = new Map<string, Counter.Internal>()
+  const attemptChildren = new Map<string, Counter.Internal>()
+  const latencyChildren = new Map<string, Histogram.Internal<string>>()
+
   return {
     registry,
     modelLabel,
-    request: (route, status, model) => requests.inc({ route, status: String(status), model: modelLabel(model) }),
-    attempt: (model, outcome) => attempts.inc({ model: modelLabel(model), outcome }),
+    request(route, status, model) {
+      const label = modelLabel(model)
+      const key = `${route}\n${status}\n${label}`
+      let child = requestChildren.get(key)
+      if (child === undefined) requestChildren.set(key, (child = requests.labels(route, String(status), label)))
+      child.inc()
+    },
+    attempt(model, outcome) {
+      const label = modelLabel(model)
+      const key = `${label}\n${outcome}`
+      let child = attemptChildren.get(key)
+      if (child === undefined) attemptChildren.set(key, (child = attempts.labels(label, outcome)))
+      child.inc()
+    },
     retry: (model, reason) => retries.inc({ model: modelLabel(model), reason }),
     retryBudgetExhausted: (model) => budgetExhausted.inc({ model: modelLabel(model) }),
     fallback: (from, to) => fallbacks.inc({ from: modelLabel(from), to: modelLabel(to) }),
@@ -74,7 +91,12 @@ export function createMetrics(knownModels: readonly string[], maxModelLabels = 1
     },
     breakerEvicted: (model) => breakerGauge.remove({ model: modelLabel(model) }),
     streamEnding: (model, ending) => streamEndings.inc({ model: modelLabel(model), ending }),
-    upstreamLatency: (model, seconds) => latency.observe({ model: modelLabel(model) }, seconds),
+    upstreamLatency(model, seconds) {
+      const label = modelLabel(model)
+      let child = latencyChildren.get(label)
+      if (child === undefined) latencyChildren.set(label, (child = latency.labels(label)))
+      child.observe(seconds)
+    },
     modelsCache: (result) => modelsCache.inc({ result }),
   }
 }

@@ -638,3 +638,26 @@ for (const variant of [
     t.ok(upstream.sockets.size <= 4, `open sockets at the end: ${upstream.sockets.size}`)
   })
 }
+
+t.test('a non-streaming body cut half-way is retried, never relayed as a truncated 200', async (t) => {
+  const full = JSON.stringify({ id: 'gen-1', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'x'.repeat(2000) }, finish_reason: 'stop' }] })
+  const upstream = await startFakeUpstream(t, (req, res, _recorded, index) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(full.length) })
+    if (index === 0) {
+      res.write(full.slice(0, 300))
+      setTimeout(() => req.socket.destroy(), 20)
+      return
+    }
+    res.end(full)
+  })
+  const proxy = await startProxy(t, { upstreamUrl: upstream.url })
+  const res = await request(`${proxy.url}/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: 'Bearer sk-client', 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'google/gemini-3.5-flash', messages: [] }),
+  })
+  t.equal(res.statusCode, 200)
+  t.equal(await res.body.text(), full, 'the whole body, byte-identical')
+  t.equal(res.headers['x-proxy-attempts'], '2')
+  t.equal(upstream.requests.length, 2)
+})
