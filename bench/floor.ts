@@ -30,8 +30,8 @@ if (values.upstream === undefined) {
 const app = Fastify({ logger: false, connectionTimeout: 0, keepAliveTimeout: 72_000 })
 await app.register(httpProxy, {
   upstream: values.upstream,
-  // Same pool shape as the proxy's upstream client (128 keep-alive connections, no pipelining).
-  undici: { connections: 128, pipelining: 1, keepAliveTimeout: 30_000 },
+  // The same pool shape as the proxy's upstream client (1024 keep-alive connections, no pipelining).
+  undici: { connections: 1024, pipelining: 1, keepAliveTimeout: 30_000 },
 })
 
 await app.listen({ host: values.host, port: Number(values.port) })

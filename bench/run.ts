@@ -736,7 +736,8 @@ async function memoryPhase(upstreamScript: string): Promise<MemoryResult> {
     for (const controller of controllers) controller.abort()
     await pool.destroy()
     await Promise.allSettled(streams)
-    const settleS = 5
+    // Long enough for V8 to give memory back (RSS returns near the baseline after ~30 s).
+    const settleS = Number(process.env.BENCH_SETTLE_S ?? 40)
     await sleep(settleS * 1000)
     const after = {
       rssMb: mb(statusKb(proxy.pid, 'VmRSS')),
