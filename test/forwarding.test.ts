@@ -1,7 +1,7 @@
 import { request as httpRequest } from 'node:http'
 import t from 'tap'
 import { request } from 'undici'
-import { completion, chunkEvent, sendJson, sendSse, startFakeUpstream } from './helpers/fake-upstream.js'
+import { completion, chunkEvent, sendJson, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startProxy } from './helpers/proxy.js'
 
 const MODEL = 'google/gemini-3.5-flash'

@@ -1,7 +1,6 @@
-import { createServer, type AddressInfo } from 'node:net'
 import OpenAI, { type APIError } from 'openai'
 import t from 'tap'
-import { chunkEvent, completion, sendJson, sendSse, sendText, startFakeUpstream } from './helpers/fake-upstream.js'
+import { chunkEvent, completion, sendJson, sendSse, sendText, startFakeUpstream, closedPortUrl } from './helpers/fake-upstream.js'
 import { startProxy } from './helpers/proxy.js'
 
 /**
@@ -28,14 +27,6 @@ async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
   return undefined
 }
 
-/** A URL on which nothing listens: a port that was just bound and released. */
-async function closedPortUrl(): Promise<string> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve, reject) => server.close((err) => (err ? reject(err) : resolve())))
-  return `http://127.0.0.1:${port}`
-}
 
 t.test('chat.completions.create returns the upstream completion and the upstream sees what the SDK sent', async (t) => {
   const upstreamCompletion = completion(MODEL, 'Hi from the fake upstream')

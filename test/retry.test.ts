@@ -1,9 +1,8 @@
-import { createServer, type AddressInfo } from 'node:net'
 import type { ServerResponse } from 'node:http'
 import t from 'tap'
 import { request, type Dispatcher } from 'undici'
 import { expectErrorShape } from './helpers/assert-error.js'
-import { completion, sendJson, sleep, startFakeUpstream, type FakeUpstream } from './helpers/fake-upstream.js'
+import { completion, sendJson, sleep, startFakeUpstream, type FakeUpstream, closedPortUrl } from './helpers/fake-upstream.js'
 import { startProxy, type TestProxy } from './helpers/proxy.js'
 
 /**
@@ -51,7 +50,6 @@ function logsWith(proxy: TestProxy, msg: string): Array<Record<string, unknown>>
  * Known bug (src/forward.ts, chat()): when the deadline fires, retrier.run() throws and the
  * `x-proxy-attempts` header, set only after the model loop, is never added to the 504.
  */
-const DEADLINE_ATTEMPTS_TODO = { todo: 'src/forward.ts: a deadline 504 lacks x-proxy-attempts (header set only when retrier.run returns)' }
 
 /** Milliseconds between consecutive upstream attempts, as the upstream saw them. */
 function gaps(upstream: FakeUpstream): number[] {
@@ -70,13 +68,6 @@ function stall(res: ServerResponse): Promise<void> {
   return new Promise<void>((resolve) => res.on('close', () => resolve()))
 }
 
-async function closedPortUrl(): Promise<string> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve, reject) => server.close((err) => (err ? reject(err) : resolve())))
-  return `http://127.0.0.1:${port}`
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. What is retried, and how many times

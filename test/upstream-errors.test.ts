@@ -1,9 +1,8 @@
 import { gzipSync } from 'node:zlib'
-import { createServer } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import { expectErrorShape } from './helpers/assert-error.js'
-import { completion, sendJson, sendText, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
+import { completion, sendJson, sendText, sleep, startFakeUpstream, closedPortUrl } from './helpers/fake-upstream.js'
 import { startProxy } from './helpers/proxy.js'
 
 const MODEL = 'google/gemini-3.5-flash'
@@ -167,14 +166,7 @@ t.test('a 200 with an HTML body (a captive portal) is a 502 invalid_upstream_res
 })
 
 t.test('an unreachable upstream is a 502 upstream_unreachable', async (t) => {
-  const port = await new Promise<number>((resolve) => {
-    const server = createServer()
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address() as { port: number }
-      server.close(() => resolve(address.port))
-    })
-  })
-  const proxy = await startProxy(t, { upstreamUrl: `http://127.0.0.1:${port}` })
+  const proxy = await startProxy(t, { upstreamUrl: await closedPortUrl() })
   await expectErrorShape(t, await chat(proxy.url), { status: 502, type: 'server_error', code: 'upstream_unreachable' })
   const models = await request(`${proxy.url}/models`, { headers: { authorization: 'Bearer sk-client' } })
   await expectErrorShape(t, models, { status: 502, code: 'upstream_unreachable' })

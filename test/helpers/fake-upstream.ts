@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net'
 
 /**
  * A scripted origin on port 0, one per test: it records every request it receives and answers
@@ -121,4 +121,13 @@ export async function sendSse(res: ServerResponse, events: string[], delayMs = 0
   }
   if (done) res.write('data: [DONE]\n\n')
   res.end()
+}
+
+/** A URL on which nothing listens: a port that was just bound and released. */
+export async function closedPortUrl(): Promise<string> {
+  const server = createNetServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise<void>((resolve, reject) => server.close((err) => (err ? reject(err) : resolve())))
+  return `http://127.0.0.1:${port}`
 }
