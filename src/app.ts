@@ -181,7 +181,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
 
   const forwarder = createForwarder({ config, upstream, retrier, modelsRetrier, budget, metrics, now })
   registerChatCompletionsRoutes(app, forwarder)
-  registerModelsRoutes(app, forwarder, modelsCache, metrics)
+  registerModelsRoutes(app, forwarder, modelsCache, metrics, config.apiKey !== undefined)
   registerHealthRoutes(app, lifecycle, { details: () => ({ breakers: { ...modelsBreakers.states(), ...breakers.states() } }) })
   app.get('/metrics', async (_request, reply) => {
     reply.header('content-type', metrics.registry.contentType)

@@ -103,3 +103,16 @@ t.test('lists are cached per credential and query, never shared across keys', as
   t.equal(upstream.requests.length, 3)
   t.equal(upstream.requests[2]?.url, '/models?category=code')
 })
+
+t.test('with the gateway key configured, every client shares one cached list', async (t) => {
+  const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 200, list))
+  const proxy = await startProxy(t, { upstreamUrl: upstream.url, env: { TOPROUTER_API_KEY: 'sk-gateway-key' } })
+  const alice = await get(`${proxy.url}/models`, { authorization: 'Bearer dummy-a' })
+  t.equal(alice.headers['x-cache'], 'MISS')
+  await alice.body.dump()
+  const bob = await get(`${proxy.url}/models`, { authorization: 'Bearer dummy-b' })
+  t.equal(bob.headers['x-cache'], 'HIT')
+  t.equal(await bob.body.text(), list)
+  t.equal(upstream.requests.length, 1)
+  t.equal(upstream.requests[0]?.headers.authorization, 'Bearer sk-gateway-key')
+})

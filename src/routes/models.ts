@@ -9,10 +9,11 @@ import type { CachedModels, ModelsCache } from '../models-cache.js'
  * out of the same cached list (ids contain `/`, so the id is the rest of the path).
  */
 
-export function registerModelsRoutes(app: FastifyInstance, forwarder: Forwarder, cache: ModelsCache, metrics: Metrics): void {
+export function registerModelsRoutes(app: FastifyInstance, forwarder: Forwarder, cache: ModelsCache, metrics: Metrics, sharedKey: boolean): void {
   async function cachedModels(request: FastifyRequest, reply: FastifyReply, query: string): Promise<CachedModels> {
-    // Credentials are part of the key: a list fetched with one key is never served to another.
-    const key = `${String(request.headers.authorization ?? '')}\n${query}`
+    // A list fetched with one client's key is never served to another; with the gateway's own
+    // key (TOPROUTER_API_KEY) every client's list is the same one.
+    const key = sharedKey ? query : `${String(request.headers.authorization ?? '')}\n${query}`
     const models = await cache.get(
       key,
       () => forwarder.fetchModels(request, reply, `/models${query}`),
