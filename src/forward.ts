@@ -6,7 +6,7 @@ import { forwardableRequestHeaders, forwardableResponseHeaders, type HeaderMap }
 import type { Metrics } from './metrics.js'
 import type { ChatRequest } from './routes/chat-completions.js'
 import { awaitFirstEvent, relayStream } from './streaming/sse.js'
-import { UpstreamFailure, classifyFailure, discardBody, drainBody, failure, type UpstreamClient, type UpstreamResponse } from './upstream/client.js'
+import { classifyFailure, discardBody, drainBody, failure, readBodyUpTo, type UpstreamClient, type UpstreamResponse } from './upstream/client.js'
 import { DEADLINE, UpstreamStatusError, type RequestBudget, type Retrier } from './upstream/retrier.js'
 import type { RetryBudget } from './upstream/retry-budget.js'
 import { RequestSignal } from './upstream/request-signal.js'
@@ -271,31 +271,20 @@ async function readAll(response: UpstreamResponse, requestBudget: RequestBudget)
     discardBody(response.body)
     throw proxyError('invalid_upstream_response', `The upstream response exceeded ${MAX_BODY_BYTES} bytes`)
   }
-  if (declaredLength >= 0) {
-    // Bounded by the declared length: undici's own consumer is the cheapest way to read it.
-    try {
-      const bytes = await response.body.bytes()
-      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-    } catch (error: unknown) {
-      throw deadlineAware(classifyFailure(error, { headersTimeoutMs: 0, bodyTimeoutMs: 0, signal: requestBudget.signal }, 0), requestBudget)
-    }
-  }
-  const chunks: Buffer[] = []
-  let length = 0
+  let read: { bytes: Buffer; truncated: boolean }
   try {
-    for await (const chunk of response.body) {
-      length += (chunk as Buffer).length
-      if (length > MAX_BODY_BYTES) {
-        discardBody(response.body)
-        throw proxyError('invalid_upstream_response', `The upstream response exceeded ${MAX_BODY_BYTES} bytes`)
-      }
-      chunks.push(chunk as Buffer)
+    if (declaredLength >= 0) {
+      // Bounded by the declared length: undici's own consumer is the cheapest way to read it.
+      const bytes = await response.body.bytes()
+      read = { bytes: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), truncated: false }
+    } else {
+      read = await readBodyUpTo(response.body, MAX_BODY_BYTES)
     }
   } catch (error: unknown) {
-    if (error instanceof UpstreamFailure || (error as { status?: unknown }).status !== undefined) throw error
     throw deadlineAware(classifyFailure(error, { headersTimeoutMs: 0, bodyTimeoutMs: 0, signal: requestBudget.signal }, 0), requestBudget)
   }
-  return Buffer.concat(chunks, length)
+  if (read.truncated) throw proxyError('invalid_upstream_response', `The upstream response exceeded ${MAX_BODY_BYTES} bytes`)
+  return read.bytes
 }
 
 /** An abort caused by the deadline is a timeout (a breaker failure), not a client abort. */

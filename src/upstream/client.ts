@@ -147,3 +147,22 @@ export function drainBody(body: UpstreamResponse['body']): void {
   body.on('error', ignore)
   body.dump({ limit: 64 * 1024 }).catch(ignore)
 }
+
+/**
+ * Reads a body up to `limitBytes`. Past the limit the rest is discarded and `truncated` is set,
+ * with the bytes read so far; a failure mid-body rejects with the underlying error.
+ */
+export async function readBodyUpTo(body: UpstreamResponse['body'], limitBytes: number): Promise<{ bytes: Buffer; truncated: boolean }> {
+  const chunks: Buffer[] = []
+  let length = 0
+  for await (const chunk of body) {
+    const buffer = chunk as Buffer
+    if (length + buffer.length > limitBytes) {
+      discardBody(body)
+      return { bytes: Buffer.concat(chunks, length), truncated: true }
+    }
+    length += buffer.length
+    chunks.push(buffer)
+  }
+  return { bytes: Buffer.concat(chunks, length), truncated: false }
+}

@@ -3,7 +3,7 @@ import type { Config } from '../config.js'
 import { proxyError, type ProxyError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import { BreakerOpenError, type BreakerRegistry } from './breakers.js'
-import { UpstreamFailure, discardBody, type UpstreamResponse } from './client.js'
+import { UpstreamFailure, readBodyUpTo, type UpstreamResponse } from './client.js'
 import { normalizeUpstreamError } from './normalize.js'
 import { decideRetry, isRetryableStatus, serverPushbackMs } from './retry-policy.js'
 import type { RetryBudget } from './retry-budget.js'
@@ -164,19 +164,13 @@ function abortOutcome(request: RequestBudget): Error {
 export const DEADLINE = Symbol('deadline')
 
 async function readUpstreamError(response: UpstreamResponse, deps: Pick<RetrierDeps, 'maxErrorBodyBytes' | 'secret'>): Promise<ProxyError> {
-  const chunks: Buffer[] = []
-  let length = 0
+  let body: Buffer = EMPTY
   try {
-    for await (const chunk of response.body) {
-      length += (chunk as Buffer).length
-      if (length > deps.maxErrorBodyBytes) {
-        discardBody(response.body)
-        break
-      }
-      chunks.push(chunk as Buffer)
-    }
+    body = (await readBodyUpTo(response.body, deps.maxErrorBodyBytes)).bytes
   } catch {
     // A cut error body still yields an error naming the status.
   }
-  return normalizeUpstreamError(response.statusCode, response.headers, Buffer.concat(chunks), deps.secret)
+  return normalizeUpstreamError(response.statusCode, response.headers, body, deps.secret)
 }
+
+const EMPTY = Buffer.alloc(0)
