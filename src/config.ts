@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs'
+import { type Static, type TProperties, Type } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
 import { parse as parseYaml } from 'yaml'
 
@@ -7,113 +8,78 @@ import { parse as parseYaml } from 'yaml'
  * schema (which also carries every default) and frozen. Secrets are never read from the file.
  */
 
-export interface Config {
-  readonly listen: { readonly host: string; readonly port: number }
-  readonly upstream: {
-    readonly baseUrl: string
-    readonly connectTimeoutMs: number
-    readonly firstByteTimeoutMs: number
-    readonly responseTimeoutMs: number
-    readonly streamIdleTimeoutMs: number
-    readonly requestTimeoutMs: number
-    readonly maxConnections: number
-    readonly keepAliveTimeoutMs: number
-    readonly maxErrorBodyBytes: number
-  }
-  readonly retry: {
-    readonly maxAttempts: number
-    readonly baseDelayMs: number
-    readonly maxDelayMs: number
-    readonly maxRetryAfterMs: number
-    readonly budgetPercent: number
-    readonly budgetMinPerSecond: number
-  }
-  readonly breaker: {
-    readonly errorThresholdPercentage: number
-    readonly volumeThreshold: number
-    readonly rollingWindowMs: number
-    readonly resetTimeoutMs: number
-  }
-  readonly fallbacks: Readonly<Record<string, readonly string[]>>
-  readonly models: { readonly cacheTtlMs: number; readonly staleIfErrorMs: number }
-  readonly server: {
-    readonly bodyLimitBytes: number
-    readonly drainTimeoutMs: number
-    readonly headersTimeoutMs: number
-    readonly requestTimeoutMs: number
-    readonly keepAliveTimeoutMs: number
-  }
-  readonly log: { readonly level: LogLevel }
+/** What the YAML file and the overrides may set: the schema below, as a type. */
+type FileConfig = Static<typeof CONFIG_SCHEMA>
+
+export interface Config extends DeepReadonly<FileConfig> {
   /** From TOPROUTER_API_KEY only; replaces the client's Authorization when set. */
   readonly apiKey: string | undefined
 }
 
+/** Static<> is mutable, but the loaded config is frozen; the type says so. */
+type DeepReadonly<T> = T extends readonly (infer Item)[]
+  ? readonly DeepReadonly<Item>[]
+  : T extends object
+    ? { readonly [K in keyof T]: DeepReadonly<T[K]> }
+    : T
+
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
 
-const ms = (defaultMs: number, minimum = 0) => ({ type: 'integer', minimum, default: defaultMs })
-const section = (properties: Record<string, unknown>) => ({
-  type: 'object',
-  additionalProperties: false,
-  default: {},
-  properties,
-})
+const ms = (defaultMs: number, minimum = 0) => Type.Integer({ minimum, default: defaultMs })
+const section = <T extends TProperties>(properties: T) => Type.Object(properties, { additionalProperties: false, default: {} })
 
-/** The schema is the single source of defaults; config.example.yaml is tested against it. */
-export const CONFIG_SCHEMA = {
-  type: 'object',
-  additionalProperties: false,
-  properties: {
+/** The schema is the single source of defaults and of the Config type; config.example.yaml is tested against it. */
+export const CONFIG_SCHEMA = Type.Object(
+  {
     listen: section({
-      host: { type: 'string', minLength: 1, default: '127.0.0.1' },
-      port: { type: 'integer', minimum: 0, maximum: 65535, default: 8787 },
+      host: Type.String({ minLength: 1, default: '127.0.0.1' }),
+      port: Type.Integer({ minimum: 0, maximum: 65535, default: 8787 }),
     }),
     upstream: section({
-      baseUrl: { type: 'string', format: 'http-url', default: 'https://toprouter.cc' },
+      baseUrl: Type.String({ format: 'http-url', default: 'https://toprouter.cc' }),
       connectTimeoutMs: ms(5000, 1),
       firstByteTimeoutMs: ms(60000, 1),
       responseTimeoutMs: ms(600000, 1),
       streamIdleTimeoutMs: ms(60000, 1),
       requestTimeoutMs: ms(600000, 1),
-      maxConnections: { type: 'integer', minimum: 1, default: 1024 },
+      maxConnections: Type.Integer({ minimum: 1, default: 1024 }),
       keepAliveTimeoutMs: ms(30000, 1),
-      maxErrorBodyBytes: { type: 'integer', minimum: 1024, default: 1048576 },
+      maxErrorBodyBytes: Type.Integer({ minimum: 1024, default: 1048576 }),
     }),
     retry: section({
-      maxAttempts: { type: 'integer', minimum: 1, maximum: 10, default: 3 },
+      maxAttempts: Type.Integer({ minimum: 1, maximum: 10, default: 3 }),
       baseDelayMs: ms(500),
       maxDelayMs: ms(8000),
       maxRetryAfterMs: ms(60000),
-      budgetPercent: { type: 'number', minimum: 0, maximum: 100, default: 10 },
-      budgetMinPerSecond: { type: 'number', minimum: 0, default: 5 },
+      budgetPercent: Type.Number({ minimum: 0, maximum: 100, default: 10 }),
+      budgetMinPerSecond: Type.Number({ minimum: 0, default: 5 }),
     }),
     breaker: section({
-      errorThresholdPercentage: { type: 'number', exclusiveMinimum: 0, maximum: 100, default: 50 },
-      volumeThreshold: { type: 'integer', minimum: 1, default: 10 },
+      errorThresholdPercentage: Type.Number({ exclusiveMinimum: 0, maximum: 100, default: 50 }),
+      volumeThreshold: Type.Integer({ minimum: 1, default: 10 }),
       rollingWindowMs: ms(10000, 100),
       resetTimeoutMs: ms(30000, 1),
     }),
-    fallbacks: {
-      type: 'object',
-      default: {},
-      additionalProperties: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 10 },
-    },
+    fallbacks: Type.Record(Type.String(), Type.Array(Type.String({ minLength: 1 }), { maxItems: 10 }), { default: {} }),
     models: section({
       cacheTtlMs: ms(60000),
       staleIfErrorMs: ms(86400000),
     }),
     server: section({
-      bodyLimitBytes: { type: 'integer', minimum: 1024, default: 10485760 },
+      bodyLimitBytes: Type.Integer({ minimum: 1024, default: 10485760 }),
       drainTimeoutMs: ms(30000),
       headersTimeoutMs: ms(30000, 1),
       requestTimeoutMs: ms(60000, 1),
       keepAliveTimeoutMs: ms(72000, 1),
     }),
     log: section({
-      level: { type: 'string', enum: LOG_LEVELS, default: 'info' },
+      // A plain enum, not TypeBox's union of literals (anyOf), so a bad value gets one "must be one of" error.
+      level: Type.Unsafe<LogLevel>({ type: 'string', enum: LOG_LEVELS, default: 'info' }),
     }),
   },
-} as const
+  { additionalProperties: false },
+)
 
 /** A config value that cannot be used; startup stops with exit code 2 and this message. */
 export class ConfigError extends Error {
@@ -136,7 +102,7 @@ type RawConfig = Record<string, Record<string, unknown>>
 
 const ajv = new Ajv({ useDefaults: true, allErrors: false, strict: true })
 ajv.addFormat('http-url', isHttpUrl)
-const validateSchema = ajv.compile(CONFIG_SCHEMA)
+const validateSchema = ajv.compile<FileConfig>(CONFIG_SCHEMA)
 
 function isHttpUrl(value: string): boolean {
   try {
@@ -187,9 +153,8 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   if (!validateSchema(raw)) {
     throw new ConfigError(describeSchemaError(validateSchema.errors?.[0], raw, origins))
   }
-  const validated = raw as unknown as Omit<Config, 'apiKey'>
-  const upstream = { ...validated.upstream, baseUrl: validated.upstream.baseUrl.replace(/\/+$/, '') }
-  for (const [model, chain] of Object.entries(validated.fallbacks)) {
+  const upstream = { ...raw.upstream, baseUrl: raw.upstream.baseUrl.replace(/\/+$/, '') }
+  for (const [model, chain] of Object.entries(raw.fallbacks)) {
     if (chain.includes(model)) {
       throw new ConfigError(`config error: fallbacks."${model}" must not list the model itself, found ${JSON.stringify(chain)}`)
     }
@@ -201,7 +166,7 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       'config error: TOPROUTER_API_KEY must be printable ASCII without spaces, found a value with other characters',
     )
   }
-  return deepFreeze({ ...validated, upstream, apiKey })
+  return deepFreeze({ ...raw, upstream, apiKey })
 }
 
 function readYamlFile(path: string, readFile: (path: string) => string): RawConfig {
