@@ -1,26 +1,30 @@
 import { randomUUID } from 'node:crypto'
-import { STATUS_CODES, type ServerResponse } from 'node:http'
-import type { Socket } from 'node:net'
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { DestinationStream, Logger } from 'pino'
+import { createFallbackChain } from './chat/fallback-chain.js'
 import type { Config } from './config.js'
-import { proxyError } from './errors.js'
-import { createForwarder, MODELS_BREAKER_KEY } from './forward.js'
+import { breakerVerdict } from './failures.js'
+import { Lifecycle } from './lifecycle.js'
+import { buildLogger } from './logging.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { createModelsCache } from './models-cache.js'
-import { createBreakerRegistry, type BreakerRegistry, type BreakerState } from './upstream/breakers.js'
-import { ClientGoneError, createRetrier, isBreakerFailure } from './upstream/retrier.js'
-import { createRetryBudget } from './upstream/retry-budget.js'
-import { buildLogger } from './logging.js'
-import { sendError, toProxyError } from './render-error.js'
-import { registerChatCompletionsRoutes } from './routes/chat-completions.js'
-import { registerHealthRoutes, type Lifecycle } from './routes/health.js'
-import { registerModelsRoutes } from './routes/models.js'
+import { answerMalformedRequest, replyWithError } from './reply/render-error.js'
+import { registerRequestLog } from './request-log.js'
+import { createChatCompletionsHandler } from './routes/chat-completions.js'
+import { createHealthHandlers } from './routes/health.js'
+import { createModelsHandlers, MODELS_BREAKER_KEY } from './routes/models.js'
+import { registerRouteTable, type RouteEntry } from './routes/table.js'
+import { createUpstreamAuth } from './upstream-auth.js'
+import { createAttempter } from './upstream/attempt.js'
+import { createBreakerRegistry, type BreakerEvents, type BreakerRegistry } from './upstream/breakers.js'
 import { buildUpstreamClient, type UpstreamClient } from './upstream/client.js'
+import { createRetrier } from './upstream/retrier.js'
+import { createRetryBudget } from './upstream/retry-budget.js'
 
 /**
- * buildApp wires the server from a validated config and its dependencies. Nothing here runs at
- * import time; main.ts (or a test) decides when to listen.
+ * buildApp wires the server from a validated config and its dependencies: it builds each part
+ * once, hands each the parts below it, and registers the route table. No policy lives here, and
+ * nothing runs at import time; main.ts (or a test) decides when to listen.
  */
 
 export interface AppDependencies {
@@ -30,8 +34,10 @@ export interface AppDependencies {
   readonly upstream?: UpstreamClient
   /** Source of jitter for backoff, [0, 1); tests fix it. */
   readonly random?: () => number
-  /** Monotonic milliseconds. */
+  /** Monotonic milliseconds, for every timer the proxy reads. */
   readonly now?: () => number
+  /** Wall-clock milliseconds, for `Retry-After` HTTP-dates. */
+  readonly wallClockNow?: () => number
 }
 
 export interface ProxyApp {
@@ -42,42 +48,55 @@ export interface ProxyApp {
   readonly breakers: BreakerRegistry
 }
 
-const REQUEST_OF = Symbol('toprouter.request')
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/
-const ALL_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'] as const
 
 export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const logger = deps.logger ?? buildLogger(config.log.level, deps.logDestination)
   const upstream = deps.upstream ?? buildUpstreamClient(config.upstream)
   const now = deps.now ?? (() => performance.now())
-  const lifecycle: Lifecycle = { draining: false }
+  const random = deps.random ?? Math.random
+  const lifecycle = new Lifecycle()
   const metrics = createMetrics(configuredModels(config))
-  const breakerEvents = {
-    onStateChange(model: string, from: BreakerState, to: BreakerState) {
+
+  const breakerEvents: BreakerEvents = {
+    onStateChange(model, from, to) {
       metrics.breakerState(model, to)
       logger.warn({ model, from, to, resetTimeoutMs: config.breaker.resetTimeoutMs }, `circuit breaker ${from} -> ${to}`)
     },
-    onEvict: (model: string) => metrics.breakerEvicted(model),
+    onEvict: (model) => metrics.breakerEvicted(model),
   }
-  const breakers = createBreakerRegistry({ config: config.breaker, isFailure: isBreakerFailure, events: breakerEvents })
-  const modelsBreakers = createBreakerRegistry({ config: config.breaker, isFailure: isBreakerFailure, events: breakerEvents, maxBreakers: 1 })
-  const budget = createRetryBudget(config.retry)
-  const retrierDeps = {
-    retry: config.retry,
-    budget,
-    metrics,
-    secret: config.apiKey,
-    maxErrorBodyBytes: config.upstream.maxErrorBodyBytes,
-    random: deps.random ?? Math.random,
-    now,
-  }
-  const retrier = createRetrier({ ...retrierDeps, breakers })
-  const modelsRetrier = createRetrier({ ...retrierDeps, breakers: modelsBreakers })
-  const modelsCache = createModelsCache({ ttlMs: config.models.cacheTtlMs, staleIfErrorMs: config.models.staleIfErrorMs })
+  const breakers = createBreakerRegistry({ config: config.breaker, judge: breakerVerdict, events: breakerEvents, now })
+  const modelsBreakers = createBreakerRegistry({ config: config.breaker, judge: breakerVerdict, events: breakerEvents, maxBreakers: 1, now })
+  const budget = createRetryBudget(config.retry, now)
+  const attempter = createAttempter({ upstream, timeouts: config.upstream, secret: config.apiKey, now, wallClockNow: deps.wallClockNow ?? Date.now })
+  const retrierDeps = { retry: config.retry, budget, attempter, metrics, random, now }
+  const chain = createFallbackChain({ retrier: createRetrier({ ...retrierDeps, breakers }), fallbacks: config.fallbacks, metrics })
+  const auth = createUpstreamAuth(config.apiKey)
+  const routeDeps = { auth, budget, lifecycle, metrics, config, now }
+
+  const chat = createChatCompletionsHandler({ ...routeDeps, chain })
+  const models = createModelsHandlers({
+    ...routeDeps,
+    retrier: createRetrier({ ...retrierDeps, breakers: modelsBreakers }),
+    cache: createModelsCache({ ttlMs: config.models.cacheTtlMs, staleIfErrorMs: config.models.staleIfErrorMs, now }),
+  })
+  const health = createHealthHandlers(lifecycle, () => ({ breakers: { ...modelsBreakers.states(), ...breakers.states() } }))
+  const routes: readonly RouteEntry[] = [
+    { method: 'POST', urls: ['/chat/completions', '/v1/chat/completions'], handler: chat },
+    { method: 'GET', urls: ['/models', '/v1/models'], handler: models.list },
+    { method: 'GET', urls: ['/models/*', '/v1/models/*'], handler: models.one },
+    { method: 'GET', urls: ['/healthz'], handler: health.live, servesWhileDraining: true },
+    { method: 'GET', urls: ['/readyz'], handler: health.ready, servesWhileDraining: true },
+    {
+      method: 'GET',
+      urls: ['/metrics'],
+      handler: async (_request, reply) => reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
+    },
+  ]
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
-    // One line per request is written by the onResponse hook below, with the upstream's side.
+    // One line per request is written by request-log.ts, with the upstream's side.
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'reqId' }),
     bodyLimit: config.server.bodyLimitBytes,
     requestIdHeader: false,
@@ -98,106 +117,16 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     clientErrorHandler: answerMalformedRequest,
   })
 
-  app.decorateRequest('upstreamTrace', null)
-  app.decorateRequest('recorded', false)
-  app.decorateRequest('receivedAtMs', 0)
-
   // The body is kept as bytes: the route validates it and forwards the client's own bytes.
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => done(null, body))
-
   app.addHook('onRequest', (request, reply, done) => {
-    request.receivedAtMs = performance.now()
-    ;(reply.raw as ServerResponse & { [REQUEST_OF]?: FastifyRequest })[REQUEST_OF] = request
-    reply.raw.once('close', recordOnClose)
     reply.header('x-request-id', request.id)
-    if (lifecycle.draining && request.url !== '/readyz' && request.url !== '/healthz') {
-      reply.header('connection', 'close')
-      sendError(reply, proxyError('service_unavailable'))
-      return
-    }
     done()
   })
-
-  /** One log line and one count per request, whether it finished or its client left. */
-  function recordRequest(request: FastifyRequest, status: number, clientGone: boolean): void {
-    if (request.recorded) return
-    request.recorded = true
-    const trace = request.upstreamTrace
-    const route = request.routeOptions.url ?? 'unmatched'
-    metrics.request(route, status, trace?.model)
-    request.log.info(
-      {
-        method: request.method,
-        route,
-        status,
-        model: trace?.model,
-        servedBy: trace?.servedBy,
-        attempts: trace?.attempts ?? 0,
-        upstreamStatus: trace?.upstreamStatus,
-        upstreamMs: trace?.upstreamMs,
-        durationMs: Math.round(performance.now() - request.receivedAtMs),
-        ...(clientGone ? { clientGone } : {}),
-      },
-      'request',
-    )
-  }
-
-  app.addHook('onResponse', (request, reply, done) => {
-    recordRequest(request, reply.statusCode, false)
-    done()
-  })
-  // Fastify runs onResponse only for responses it sent that finished; a client that left, or a
-  // stream the relay wrote itself (a hijacked reply), is recorded when its response closes.
-  // A named function, not a closure per request.
-  function recordOnClose(this: ServerResponse & { [REQUEST_OF]?: FastifyRequest }): void {
-    const request = this[REQUEST_OF]
-    if (request === undefined || request.recorded) return
-    const clientGone = !this.writableFinished
-    recordRequest(request, this.headersSent ? this.statusCode : 499, clientGone)
-  }
-
-  app.setErrorHandler((error, request, reply) => {
-    if (error instanceof ClientGoneError) {
-      // Nobody is listening; the status only makes the log line and metrics honest.
-      return sendError(reply, proxyError('client_closed_request'))
-    }
-    const proxyErr = toProxyError(error)
-    if (proxyErr.status >= 500 && proxyErr.code === 'internal_error') {
-      request.log.error({ err: error }, 'unexpected error')
-    }
-    if (reply.sent || reply.raw.headersSent) {
-      reply.raw.destroy()
-      return
-    }
-    return sendError(reply, proxyErr)
-  })
-
-  app.setNotFoundHandler((request, reply) => {
-    const path = request.url.split('?')[0] ?? ''
-    const shown = path.length > 200 ? `${path.slice(0, 200)}…` : path
-    return sendError(reply, proxyError('route_not_found', `Unknown route: ${request.method} ${shown}`))
-  })
-
-  const forwarder = createForwarder({ config, upstream, retrier, modelsRetrier, budget, metrics, now })
-  registerChatCompletionsRoutes(app, forwarder)
-  registerModelsRoutes(app, forwarder, modelsCache, metrics, config.apiKey !== undefined)
-  registerHealthRoutes(app, lifecycle, { details: () => ({ breakers: { ...modelsBreakers.states(), ...breakers.states() } }) })
-  app.get('/metrics', async (_request, reply) => {
-    reply.header('content-type', metrics.registry.contentType)
-    return reply.send(await metrics.registry.metrics())
-  })
-  registerMethodNotAllowed(app, { '/chat/completions': ['POST'], '/v1/chat/completions': ['POST'] })
-  registerMethodNotAllowed(app, {
-    '/models': ['GET', 'HEAD'],
-    '/v1/models': ['GET', 'HEAD'],
-    '/models/*': ['GET', 'HEAD'],
-    '/v1/models/*': ['GET', 'HEAD'],
-    '/healthz': ['GET', 'HEAD'],
-    '/readyz': ['GET', 'HEAD'],
-    '/metrics': ['GET', 'HEAD'],
-  })
-
+  registerRequestLog(app, metrics, now)
+  registerRouteTable(app, routes, lifecycle)
+  app.setErrorHandler(replyWithError)
   app.addHook('onClose', async () => {
     breakers.shutdown()
     modelsBreakers.shutdown()
@@ -215,42 +144,4 @@ function configuredModels(config: Config): string[] {
 function requestIdFrom(request: { headers: Record<string, string | string[] | undefined> }): string {
   const offered = request.headers['x-request-id']
   return typeof offered === 'string' && SANE_REQUEST_ID.test(offered) ? offered : randomUUID()
-}
-
-function registerMethodNotAllowed(app: FastifyInstance, allowedByUrl: Record<string, readonly string[]>): void {
-  for (const [url, allowed] of Object.entries(allowedByUrl)) {
-    const others = ALL_METHODS.filter((method) => !allowed.includes(method))
-    app.route({
-      method: others,
-      url,
-      handler: (request, reply) => {
-        reply.header('allow', allowed.join(', '))
-        return sendError(reply, proxyError('method_not_allowed', `${request.method} is not allowed here; use ${allowed.join(' or ')}`))
-      },
-    })
-  }
-}
-
-/** Requests Node's parser rejects (hostile headers, bad framing) still get the error shape. */
-function answerMalformedRequest(error: Error & { code?: string }, socket: Socket): void {
-  if (!socket.writable) {
-    socket.destroy()
-    return
-  }
-  const rejection =
-    error.code === 'HPE_HEADER_OVERFLOW'
-      ? proxyError('headers_too_large')
-      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
-        ? proxyError('request_timeout')
-        : proxyError('invalid_request', 'Malformed HTTP request')
-  const body = JSON.stringify(rejection.toBody())
-  socket.end(
-    `HTTP/1.1 ${rejection.status} ${STATUS_CODES[rejection.status] ?? ''}\r\n` +
-      'content-type: application/json; charset=utf-8\r\n' +
-      `content-length: ${Buffer.byteLength(body)}\r\n` +
-      `x-request-id: ${randomUUID()}\r\n` +
-      'x-should-retry: false\r\n' +
-      'connection: close\r\n\r\n' +
-      body,
-  )
 }

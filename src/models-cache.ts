@@ -1,4 +1,4 @@
-import type { BufferedResponse } from './forward.js'
+import type { HeaderMap } from './http-headers.js'
 
 /**
  * The `/models` cache: fresh for `ttlMs`; concurrent misses share one upstream call (single
@@ -7,10 +7,17 @@ import type { BufferedResponse } from './forward.js'
  * list is never served to another.
  */
 
+/** A model list as fetched: status, passed-on headers and the body, byte for byte. */
+export interface CachedResponse {
+  readonly statusCode: number
+  readonly headers: HeaderMap
+  readonly body: Buffer
+}
+
 export type CacheResult = 'HIT' | 'MISS' | 'STALE'
 
 export interface CachedModels {
-  readonly response: BufferedResponse
+  readonly response: CachedResponse
   readonly result: CacheResult
   readonly ageSeconds: number
   /** The model with this id, serialised, or undefined; the list is indexed once per fetch. */
@@ -18,17 +25,17 @@ export interface CachedModels {
 }
 
 export interface ModelsCache {
-  get(key: string, load: () => Promise<BufferedResponse>, onStale: (error: unknown) => void): Promise<CachedModels>
+  get(key: string, load: () => Promise<CachedResponse>, onStale: (error: unknown) => void): Promise<CachedModels>
 }
 
 interface Entry {
-  readonly response: BufferedResponse
+  readonly response: CachedResponse
   readonly fetchedAtMs: number
   index: Map<string, string> | undefined
 }
 
-export function createModelsCache(options: { ttlMs: number; staleIfErrorMs: number; maxEntries?: number; now?: () => number }): ModelsCache {
-  const now = options.now ?? Date.now
+export function createModelsCache(options: { ttlMs: number; staleIfErrorMs: number; maxEntries?: number; now: () => number }): ModelsCache {
+  const { now } = options
   const maxEntries = options.maxEntries ?? 256
   const entries = new Map<string, Entry>()
   const inFlight = new Map<string, Promise<Entry>>()
@@ -45,7 +52,7 @@ export function createModelsCache(options: { ttlMs: number; staleIfErrorMs: numb
     }
   }
 
-  function refresh(key: string, load: () => Promise<BufferedResponse>): Promise<Entry> {
+  function refresh(key: string, load: () => Promise<CachedResponse>): Promise<Entry> {
     const pending = inFlight.get(key)
     if (pending !== undefined) return pending
     const started = load()

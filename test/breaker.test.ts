@@ -411,11 +411,13 @@ t.test('breaker registry (unit)', async (t) => {
   const config = { volumeThreshold: 1, errorThresholdPercentage: 50, rollingWindowMs: 10000, resetTimeoutMs: 30000 }
   const boom = () => Promise.reject(new Error('boom'))
   const ok = () => Promise.resolve('ok')
-  const isFailure = (error: unknown) => error instanceof Error && error.message === 'boom'
+  const judge = (error: unknown) =>
+    error instanceof Error && error.message === 'boom' ? ('failure' as const) : error instanceof Error && error.message === 'client left' ? ('neutral' as const) : ('not_failure' as const)
+  const now = () => Date.now()
   const fail = (registry: ReturnType<typeof createBreakerRegistry>, key: string) => registry.run(key, boom).catch(() => undefined)
 
   t.test('maxBreakers bounds the map however many model ids arrive', async (t) => {
-    const registry = createBreakerRegistry({ config, isFailure, events: { onStateChange() {} }, maxBreakers: 5 })
+    const registry = createBreakerRegistry({ config, judge, events: { onStateChange() {} }, maxBreakers: 5, now })
     t.teardown(() => registry.shutdown())
     const results: unknown[] = []
     for (let i = 0; i < 50; i++) results.push(await registry.run(`vendor/model-${i}`, ok))
@@ -427,7 +429,7 @@ t.test('breaker registry (unit)', async (t) => {
   })
 
   t.test('an open breaker survives a flood of new ids (closed ones are evicted first)', async (t) => {
-    const registry = createBreakerRegistry({ config, isFailure, events: { onStateChange() {} }, maxBreakers: 5 })
+    const registry = createBreakerRegistry({ config, judge, events: { onStateChange() {} }, maxBreakers: 5, now })
     t.teardown(() => registry.shutdown())
     await fail(registry, 'vendor/down')
     t.equal(registry.states()['vendor/down'], 'open', 'tripped')
@@ -450,7 +452,8 @@ t.test('breaker registry (unit)', async (t) => {
     const changes: string[] = []
     const registry = createBreakerRegistry({
       config: { ...config, resetTimeoutMs: 100 },
-      isFailure,
+      judge,
+      now,
       events: { onStateChange: (key, from, to) => changes.push(`${key}:${from}->${to}`) },
       maxBreakers: 2,
     })
@@ -466,7 +469,7 @@ t.test('breaker registry (unit)', async (t) => {
 
   t.test('idle closed breakers are evicted after idleEvictMs (injected clock)', async (t) => {
     let nowMs = 0
-    const registry = createBreakerRegistry({ config, isFailure, events: { onStateChange() {} }, idleEvictMs: 1000, now: () => nowMs })
+    const registry = createBreakerRegistry({ config, judge, events: { onStateChange() {} }, idleEvictMs: 1000, now: () => nowMs })
     t.teardown(() => registry.shutdown())
     await registry.run('a', ok)
     await fail(registry, 'open-one') // open, and idle from t=0 on
@@ -491,7 +494,7 @@ t.test('breaker registry (unit)', async (t) => {
 
   t.test('retryAfterSeconds is the whole seconds until half-open (injected clock)', async (t) => {
     let nowMs = 1000
-    const registry = createBreakerRegistry({ config, isFailure, events: { onStateChange() {} }, now: () => nowMs })
+    const registry = createBreakerRegistry({ config, judge, events: { onStateChange() {} }, now: () => nowMs })
     t.teardown(() => registry.shutdown())
     t.equal(registry.retryAfterSeconds('unknown'), 1, 'an unknown key: 1')
     await fail(registry, 'k')
@@ -508,8 +511,8 @@ t.test('breaker registry (unit)', async (t) => {
   t.test('neutral errors (client aborts): no failure when closed, no success when half-open', async (t) => {
     const registry = createBreakerRegistry({
       config: { ...config, resetTimeoutMs: 50 },
-      isFailure,
-      isNeutral: (error) => error instanceof Error && error.message === 'client left',
+      judge,
+      now,
       events: { onStateChange() {} },
     })
     t.teardown(() => registry.shutdown())
@@ -526,8 +529,8 @@ t.test('breaker registry (unit)', async (t) => {
     t.equal(registry.states().p, 'closed', 'a probe answered with a non-failure (a 4xx) still closes it')
   })
 
-  t.test('only errors isFailure accepts count', async (t) => {
-    const registry = createBreakerRegistry({ config, isFailure, events: { onStateChange() {} } })
+  t.test('only errors judged failures count', async (t) => {
+    const registry = createBreakerRegistry({ config, judge, events: { onStateChange() {} }, now })
     t.teardown(() => registry.shutdown())
     for (let i = 0; i < 10; i++) await registry.run('k', () => Promise.reject(new Error('a 4xx'))).catch(() => undefined)
     t.equal(registry.states().k, 'closed', 'ten non-failures leave it closed')

@@ -111,10 +111,7 @@ async function relayChunks(chunks: readonly string[]): Promise<{ out: string; en
   const body = new PassThrough()
   let ending: StreamEnding | undefined
   const relay = new PassThrough()
-  relayStream(body as unknown as Parameters<typeof relayStream>[0], chunks.map((c) => Buffer.from(c)), relay, {
-    idleTimeoutMs: 1000,
-    onEnd: (e) => (ending = e),
-  })
+  void relayStream(body as unknown as Parameters<typeof relayStream>[0], chunks.map((c) => Buffer.from(c)), relay, 1000).ended.then((e) => (ending = e))
   body.end()
   const out: Buffer[] = []
   for await (const part of relay) out.push(part as Buffer)
@@ -159,7 +156,7 @@ t.test('relayStream: a body that fails while chunks are still queued puts the er
   const event = (i: number) => chunkEvent(MODEL, i, `${i}-${'x'.repeat(500)}`)
   let ending: StreamEnding | undefined
   const relay = new PassThrough()
-  relayStream(body as unknown as Parameters<typeof relayStream>[0], [Buffer.from(event(0))], relay, { idleTimeoutMs: 1000, onEnd: (e) => (ending = e) })
+  relayStream(body as unknown as Parameters<typeof relayStream>[0], [Buffer.from(event(0))], relay, 1000).ended.then((e) => (ending = e))
   let sent = event(0)
   for (let i = 1; i < 100; i++) {
     body.write(event(i))
@@ -188,7 +185,7 @@ t.test('relayStream: a body that stalls after a finish_reason ends with [DONE], 
     const body = new PassThrough()
     let ending: StreamEnding | undefined
     const relay = new PassThrough()
-    relayStream(body as unknown as Parameters<typeof relayStream>[0], [Buffer.from(sent)], relay, { idleTimeoutMs: 1000, onEnd: (e) => (ending = e) })
+    relayStream(body as unknown as Parameters<typeof relayStream>[0], [Buffer.from(sent)], relay, 1000).ended.then((e) => (ending = e))
     body.destroy(Object.assign(new Error('Body Timeout Error'), { code: 'UND_ERR_BODY_TIMEOUT' }))
     const out: Buffer[] = []
     for await (const part of relay) out.push(part as Buffer)

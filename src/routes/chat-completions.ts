@@ -1,60 +1,82 @@
-import type { FastifyInstance } from 'fastify'
-import { proxyError } from '../errors.js'
-import type { Forwarder } from '../forward.js'
+import type { FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
+import { parseChatRequest } from '../chat/chat-request.js'
+import type { ChainOutcome, FallbackChain } from '../chat/fallback-chain.js'
+import type { Config } from '../config.js'
+import type { Failure } from '../failures.js'
+import type { Lifecycle } from '../lifecycle.js'
+import type { Metrics } from '../metrics.js'
+import { commit } from '../reply/commit.js'
+import { sendError } from '../reply/render-error.js'
+import { startRequestClock } from '../request-clock.js'
+import { startTrace } from '../request-log.js'
+import type { RelayedStream } from '../streaming/sse.js'
+import type { UpstreamAuth } from '../upstream-auth.js'
+import { querySuffix } from './table.js'
+import type { RetryBudget } from '../upstream/retry-budget.js'
 
-/** `POST /chat/completions` (and `/v1/…`) → `{baseUrl}/chat/completions`, streaming or not. */
+/**
+ * `POST /chat/completions` (and `/v1/…`), in the order a request lives it: parse, authorise, run
+ * the fallback chain within the request's clock, then commit what was served or render the
+ * failure. A member key's check and limits belong right after the parse, before the chain.
+ */
 
-export interface ChatRequest {
-  readonly model: string
-  readonly stream: boolean
-  /** The client's bytes, forwarded as they are unless the proxy must change a field. */
-  readonly body: Buffer
-  readonly parsed: Readonly<Record<string, unknown>>
-  /** The request's own fallback models (the LiteLLM/Bifrost `fallbacks` field), stripped upstream. */
-  readonly fallbacks: readonly string[]
-  readonly hasFallbacksField: boolean
+export interface ChatRouteDeps {
+  readonly chain: FallbackChain
+  readonly auth: UpstreamAuth
+  readonly budget: RetryBudget
+  readonly lifecycle: Lifecycle
+  readonly metrics: Metrics
+  readonly config: Config
+  readonly now: () => number
 }
 
-const NO_FALLBACKS: readonly string[] = Object.freeze([])
+export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerMethod {
+  const { chain, auth, budget, lifecycle, metrics, config, now } = deps
+  const timeouts = config.upstream
 
-export function parseChatRequest(body: unknown): ChatRequest {
-  if (!Buffer.isBuffer(body) || body.length === 0) {
-    throw proxyError('invalid_json', 'Request body is empty; expected a JSON object')
-  }
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(body.toString('utf8'))
-  } catch (err: unknown) {
-    throw proxyError('invalid_json', `Request body is not valid JSON: ${(err as Error).message}`)
-  }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw proxyError('invalid_request', 'Request body must be a JSON object')
-  }
-  const { model, stream, fallbacks } = parsed as { model?: unknown; stream?: unknown; fallbacks?: unknown }
-  if (typeof model !== 'string' || model.trim() === '') {
-    throw proxyError('invalid_request', '`model` is required and must be a non-empty string')
-  }
-  if (stream !== undefined && stream !== null && typeof stream !== 'boolean') {
-    throw proxyError('invalid_request', '`stream` must be a boolean')
-  }
-  const hasFallbacksField = fallbacks !== undefined
-  if (hasFallbacksField && !(Array.isArray(fallbacks) && fallbacks.length <= 10 && fallbacks.every((m) => typeof m === 'string' && m.trim() !== ''))) {
-    throw proxyError('invalid_request', '`fallbacks` must be a list of at most 10 model ids')
-  }
-  return {
-    model,
-    stream: stream === true,
-    body,
-    parsed: parsed as Record<string, unknown>,
-    fallbacks: hasFallbacksField ? (fallbacks as string[]) : NO_FALLBACKS,
-    hasFallbacksField,
-  }
-}
-
-export function registerChatCompletionsRoutes(app: FastifyInstance, forwarder: Forwarder): void {
-  for (const url of ['/chat/completions', '/v1/chat/completions']) {
-    app.post(url, (request, reply) => {
-      return forwarder.chat(request, reply, parseChatRequest(request.body))
+  return async function chatCompletions(request: FastifyRequest, reply: FastifyReply) {
+    const chat = parseChatRequest(request.body)
+    const headers = auth.headersFor(request.headers, request.id, true)
+    const trace = startTrace(request, chat.model)
+    const clock = startRequestClock(request.headers, {
+      requestTimeoutMs: timeouts.requestTimeoutMs,
+      nowMs: now(),
+      response: reply.raw,
+      inFlight: lifecycle.waiting,
     })
+    budget.recordRequest()
+    let outcome: ChainOutcome
+    try {
+      outcome = await chain.run({ chat, path: `/chat/completions${querySuffix(request.url)}`, headers, clock, trace, log: request.log })
+    } finally {
+      clock.release()
+      trace.attempts = clock.attempts
+    }
+    if (!outcome.ok) return sendFailure(reply, outcome.failure, clock.attempts)
+
+    trace.servedBy = outcome.model
+    const stream = commit(reply, outcome.served, {
+      model: outcome.model,
+      attempts: clock.attempts,
+      secret: config.apiKey,
+      streamIdleTimeoutMs: timeouts.streamIdleTimeoutMs,
+    })
+    if (stream !== undefined) {
+      lifecycle.trackStream(stream)
+      void recordStreamEnding(stream, outcome.model, metrics, request)
+    }
+    return reply
   }
+}
+
+/** Renders a failure, with the attempts it took; for a client that left, only the log sees it. */
+export function sendFailure(reply: FastifyReply, failed: Failure, attempts: number): FastifyReply {
+  reply.header('x-proxy-attempts', String(attempts))
+  return sendError(reply, failed)
+}
+
+async function recordStreamEnding(stream: RelayedStream, model: string, metrics: Metrics, request: FastifyRequest): Promise<void> {
+  const ending = await stream.ended
+  metrics.streamEnding(model, ending)
+  if (ending === 'cut' || ending === 'stalled' || ending === 'drained') request.log.warn({ model, ending }, 'stream ended with an error event')
 }

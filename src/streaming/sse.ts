@@ -1,6 +1,7 @@
-import { proxyError, type ProxyError } from '../errors.js'
-import type { RequestSignal } from '../upstream/request-signal.js'
-import { classifyFailure, discardBody, failure, type UpstreamResponse, type UpstreamFailure } from '../upstream/client.js'
+import type { ProxyError } from '../errors.js'
+import { failure, failureFrom, type Failure } from '../failures.js'
+import type { RequestSignal } from '../request-clock.js'
+import { discardBody, type UpstreamResponse } from '../upstream/client.js'
 
 /**
  * The stream contract. The commit point of a stream is its first `data:` event, not its headers,
@@ -21,16 +22,25 @@ const FINISH_KEY = Buffer.from('"finish_reason"')
 /** Long enough to hold any marker that may straddle two chunks. */
 const JUNCTION_BYTES = 48
 
+export interface FirstEventOptions {
+  /** The configured first-byte timeout, as the client will read it in the error message. */
+  readonly firstByteTimeoutMs: number
+  /** What is left of it after the response headers arrived. */
+  readonly waitMs: number
+  readonly signal: RequestSignal
+}
+
 /**
  * Waits for the first complete `data:` event (comments such as OpenRouter's keep-alives do not
- * count). Resolves with the chunks read so far and leaves the body paused; rejects with a
- * retryable failure when the stream ends, breaks or stays silent for `timeoutMs`.
+ * count). Resolves with the chunks read so far and leaves the body paused, or with the failure
+ * when the stream ends, breaks or stays silent too long (the body is then discarded).
  */
-export function awaitFirstEvent(body: Body, timeoutMs: number, signal: RequestSignal): Promise<Buffer[]> {
-  return new Promise((resolve, reject) => {
+export function awaitFirstEvent(body: Body, options: FirstEventOptions): Promise<Buffer[] | Failure> {
+  const { signal } = options
+  return new Promise((resolve) => {
     const chunks: Buffer[] = []
     let text = ''
-    const settle = (outcome: Buffer[] | UpstreamFailure) => {
+    const settle = (outcome: Buffer[] | Failure) => {
       clearTimeout(timer)
       body.off('data', onData)
       body.off('end', onEnd)
@@ -40,11 +50,10 @@ export function awaitFirstEvent(body: Body, timeoutMs: number, signal: RequestSi
         // Until the relay takes over, a reset must not surface as an uncaught 'error'; the relay
         // sees it through body.errored.
         body.on('error', ignoreError)
-        resolve(outcome)
       } else {
         discardBody(body)
-        reject(outcome)
       }
+      resolve(outcome)
     }
     const onData = (chunk: Buffer) => {
       chunks.push(chunk)
@@ -55,19 +64,13 @@ export function awaitFirstEvent(body: Body, timeoutMs: number, signal: RequestSi
         settle(chunks)
       }
     }
-    const onEnd = () => settle(failure('reset', 'upstream_unreachable', 'The upstream stream ended before its first event'))
+    const onEnd = () => settle(failure('reset', 'The upstream stream ended before its first event'))
     const onError = (error: unknown) =>
-      // Silence before the first event is a first-byte timeout whichever timer noticed it, so the
-      // retrier moves straight on to a fallback model.
-      settle(
-        (error as { code?: unknown }).code === 'UND_ERR_BODY_TIMEOUT'
-          ? failure('first_byte_timeout', 'upstream_timeout', 'The upstream stream went silent before its first event')
-          : classifyFailure(error, { headersTimeoutMs: timeoutMs, bodyTimeoutMs: timeoutMs, signal }, 0),
-      )
-    const onAbort = () => settle(failure('aborted', 'upstream_timeout', 'The request was aborted before the stream started'))
+      settle(failureFrom(error, signal, { phase: 'first_event', connectTimeoutMs: 0, timeoutMs: options.firstByteTimeoutMs, bodyTimeoutMs: options.firstByteTimeoutMs }))
+    const onAbort = () => settle(failureFrom(undefined, signal, { phase: 'first_event', connectTimeoutMs: 0, timeoutMs: 0, bodyTimeoutMs: 0 }))
     const timer = setTimeout(
-      () => settle(failure('first_byte_timeout', 'upstream_timeout', `The upstream stream sent no event within ${timeoutMs} ms`)),
-      Math.max(1, timeoutMs),
+      () => settle(failure('first_byte_timeout', `The upstream stream sent no event within ${Math.round(options.firstByteTimeoutMs)} ms`)),
+      Math.max(1, options.waitMs),
     )
     body.on('data', onData)
     body.once('end', onEnd)
@@ -85,13 +88,7 @@ function lastBoundary(text: string): number {
   return last
 }
 
-export type StreamEnding = 'done' | 'done_added' | 'cut' | 'stalled' | 'client_gone'
-
-export interface RelayOptions {
-  readonly idleTimeoutMs: number
-  /** Called once, when the relay knows how the stream ended. */
-  readonly onEnd: (ending: StreamEnding) => void
-}
+export type StreamEnding = 'done' | 'done_added' | 'cut' | 'stalled' | 'client_gone' | 'drained'
 
 /** Where a committed stream is written: the client's response (or, in tests, any Writable). */
 export interface StreamDestination {
@@ -102,6 +99,13 @@ export interface StreamDestination {
   readonly writableEnded: boolean
 }
 
+/** A stream being relayed: how it ended, once it has; and a way to end it early (the drain). */
+export interface RelayedStream {
+  readonly ended: Promise<StreamEnding>
+  /** Ends the stream now with this failure as its last event, unless it has already ended. */
+  interrupt(failed: Failure): void
+}
+
 /**
  * Relays a committed stream: the chunks already read, then the rest of the body, written straight
  * to the destination with backpressure (pause on a full buffer, resume on drain) — no extra
@@ -109,36 +113,37 @@ export interface StreamDestination {
  * ends or fails, the ending is decided: nothing added after `[DONE]`, `[DONE]` added after a
  * finish, otherwise one error event.
  */
-export function relayStream(body: Body, firstChunks: readonly Buffer[], destination: StreamDestination, options: RelayOptions): void {
-  const relay = new SseRelay(body, destination, options.onEnd)
-  body.on('error', (error: unknown) => {
-    const code = (error as { code?: unknown }).code
-    relay.finish(
-      code === 'UND_ERR_BODY_TIMEOUT'
-        ? { ending: 'stalled', error: proxyError('upstream_timeout', `The upstream stream stalled for ${options.idleTimeoutMs} ms`) }
-        : { ending: 'cut', error: proxyError('stream_interrupted') },
-    )
-  })
+export function relayStream(body: Body, firstChunks: readonly Buffer[], destination: StreamDestination, idleTimeoutMs: number): RelayedStream {
+  const relay = new SseRelay(body, destination)
+  const relayContext = { phase: 'relay', connectTimeoutMs: 0, timeoutMs: idleTimeoutMs, bodyTimeoutMs: idleTimeoutMs } as const
+  body.on('error', (error: unknown) => relay.finish(failureFrom(error, NOT_ABORTED, relayContext)))
   body.on('end', () => relay.finish(undefined))
   destination.on('drain', () => relay.drained())
   destination.once('close', () => relay.destinationClosed())
   for (const chunk of firstChunks) relay.forward(chunk)
   body.on('data', (chunk: Buffer) => relay.forward(chunk))
   if (body.errored) {
-    relay.finish({ ending: 'cut', error: proxyError('stream_interrupted') })
+    relay.finish(failure('stream_cut'))
   } else if (body.readableEnded) {
     // The whole body arrived with the first event and its 'end' has already been emitted.
     relay.finish(undefined)
-  } else if (!relay.ended && !relay.waitingForDrain) {
+  } else if (!relay.isEnded && !relay.waitingForDrain) {
     // awaitFirstEvent left the body explicitly paused, which a new 'data' listener does not undo.
     body.resume()
   }
+  return relay
 }
 
-class SseRelay {
+/** After commit the client's leaving is seen on the destination, not through the request signal. */
+const NOT_ABORTED = { aborted: false, reason: undefined } as const
+
+const ENDING_OF_KIND: Readonly<Partial<Record<Failure['kind'], StreamEnding>>> = { stream_stalled: 'stalled', draining: 'drained' }
+
+class SseRelay implements RelayedStream {
+  readonly ended: Promise<StreamEnding>
   private finished = false
   private sawDone = false
-  ended = false
+  isEnded = false
   waitingForDrain = false
   /** The last bytes of the previous chunk, kept only when it ended mid-line. */
   private tail: Buffer | undefined = undefined
@@ -146,16 +151,18 @@ class SseRelay {
   private tailStartsLine = false
   private readonly body: Body
   private readonly destination: StreamDestination
-  private readonly onEnd: (ending: StreamEnding) => void
+  private resolveEnded: (ending: StreamEnding) => void = ignoreError
 
-  constructor(body: Body, destination: StreamDestination, onEnd: (ending: StreamEnding) => void) {
+  constructor(body: Body, destination: StreamDestination) {
     this.body = body
     this.destination = destination
-    this.onEnd = onEnd
+    this.ended = new Promise((resolve) => {
+      this.resolveEnded = resolve
+    })
   }
 
   forward(chunk: Buffer): void {
-    if (this.ended) return
+    if (this.isEnded) return
     if (!this.sawDone) this.scan(chunk)
     if (!this.destination.write(chunk)) {
       this.waitingForDrain = true
@@ -169,8 +176,8 @@ class SseRelay {
   }
 
   /** The body ended (failure undefined) or failed; what the client gets last is decided here. */
-  finish(failure: { ending: StreamEnding; error: ProxyError } | undefined): void {
-    if (this.ended) return
+  finish(failed: Failure | undefined): void {
+    if (this.isEnded) return
     if (this.sawDone) {
       this.report('done')
       this.destination.end()
@@ -179,24 +186,31 @@ class SseRelay {
       this.report('done_added')
       this.destination.end(DONE_EVENT)
     } else {
-      const cut = failure ?? { ending: 'cut' as const, error: proxyError('stream_interrupted') }
-      this.report(cut.ending)
-      this.destination.end(errorEvent(cut.error))
+      const cut = failed ?? failure('stream_cut')
+      this.report(ENDING_OF_KIND[cut.kind] ?? 'cut')
+      this.destination.end(errorEvent(cut))
     }
   }
 
+  interrupt(failed: Failure): void {
+    if (this.isEnded) return
+    discardBody(this.body)
+    this.report(ENDING_OF_KIND[failed.kind] ?? 'cut')
+    this.destination.end(errorEvent(failed))
+  }
+
   destinationClosed(): void {
-    if (this.ended) return
+    if (this.isEnded) return
     discardBody(this.body)
     this.report('client_gone')
   }
 
   private report(ending: StreamEnding): void {
-    this.ended = true
-    this.onEnd(ending)
+    this.isEnded = true
+    this.resolveEnded(ending)
   }
 
-/**
+  /**
    * Upstream chunks nearly always end on an event boundary, so the usual chunk costs two
    * indexOf() calls and nothing else. Only when the previous chunk ended mid-line can a marker
    * straddle the boundary; then the previous chunk's last bytes and this one's first are joined.

@@ -1,12 +1,12 @@
 import CircuitBreaker from 'opossum'
 import type { Config } from '../config.js'
 import { withoutStack } from '../errors.js'
-import { UpstreamFailure } from './client.js'
+import type { Verdict } from '../failures.js'
 
 /**
  * One opossum circuit breaker per model id (and one for `/models`), so one provider's outage never
- * blocks a healthy model. What counts as a failure is decided by `isFailure`; the breaker never
- * times calls out itself (`timeout: false`): every attempt carries its own AbortController.
+ * blocks a healthy model. What counts as a failure is decided by `judge` (failures.ts's table); the
+ * breaker never times calls out itself (`timeout: false`): every attempt carries its own signal.
  */
 
 export type BreakerState = 'closed' | 'open' | 'half_open'
@@ -44,28 +44,26 @@ const runTask = (task: () => Promise<unknown>): Promise<unknown> => task()
 
 export interface BreakerRegistryOptions {
   readonly config: Config['breaker']
-  /** True when an error should count against the breaker (5xx, timeouts, connection errors). */
-  readonly isFailure: (error: unknown) => boolean
   /**
-   * True for an error that says nothing about the upstream's health (the client went away). Never
-   * a failure, but not a success either: a half-open breaker whose probe ends this way re-opens
-   * rather than closing on no evidence. Default: an `UpstreamFailure` of kind `aborted`.
+   * How an error thrown through the breaker counts: `failure` (5xx, timeouts, connection errors),
+   * `not_failure` (the upstream answered), or `neutral` (the client went away: never a failure, but
+   * not a success either — a half-open breaker whose probe ends this way re-opens rather than
+   * closing on no evidence).
    */
-  readonly isNeutral?: (error: unknown) => boolean
+  readonly judge: (error: unknown) => Verdict['breaker']
   readonly events: BreakerEvents
   /** Breakers kept at most; the least recently used closed one is shut down beyond that. */
   readonly maxBreakers?: number
   /** A closed breaker unused this long is dropped when the next new one is created. */
   readonly idleEvictMs?: number
-  readonly now?: () => number
+  /** Monotonic milliseconds. */
+  readonly now: () => number
 }
 
 export function createBreakerRegistry(options: BreakerRegistryOptions): BreakerRegistry {
-  const { config, isFailure, events } = options
-  const isNeutral = options.isNeutral ?? ((error: unknown) => error instanceof UpstreamFailure && error.kind === 'aborted')
+  const { config, judge, events, now } = options
   const maxBreakers = options.maxBreakers ?? 512
   const idleEvictMs = options.idleEvictMs ?? 10 * 60 * 1000
-  const now = options.now ?? Date.now
   const entries = new Map<string, Entry>()
   const breakerOptions = {
     timeout: false as const,
@@ -93,7 +91,10 @@ export function createBreakerRegistry(options: BreakerRegistryOptions): BreakerR
     const breaker: CircuitBreaker<[() => Promise<unknown>], unknown> = new CircuitBreaker(runTask, {
       ...breakerOptions,
       // opossum closes a half-open breaker on any filtered error; an abandoned probe proved nothing.
-      errorFilter: (error: unknown) => !isFailure(error) && !(breaker.halfOpen && isNeutral(error)),
+      errorFilter: (error: unknown) => {
+        const verdict = judge(error)
+        return verdict === 'not_failure' || (verdict === 'neutral' && !breaker.halfOpen)
+      },
     })
     const created: Entry = { breaker, openedAtMs: 0, lastUsedMs: now() }
     let state: BreakerState = 'closed'

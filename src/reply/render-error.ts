@@ -1,5 +1,8 @@
-import type { FastifyError, FastifyReply } from 'fastify'
-import { ProxyError, proxyError } from './errors.js'
+import { randomUUID } from 'node:crypto'
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { ProxyError, proxyError } from '../errors.js'
 
 /**
  * The one renderer of errors: whatever went wrong, the client gets the error shape, the right
@@ -20,6 +23,22 @@ export function sendError(reply: FastifyReply, error: ProxyError): FastifyReply 
   reply.header('content-type', 'application/json; charset=utf-8')
   reply.header('x-should-retry', 'false')
   return reply.send(JSON.stringify(error.toBody()))
+}
+
+/**
+ * Fastify's error handler: whatever a route or a hook threw is answered in the error shape. Only
+ * an unexpected error is logged as one; once the answer has started, the socket is cut instead.
+ */
+export function replyWithError(error: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply | undefined {
+  const proxyErr = toProxyError(error)
+  if (proxyErr.status >= 500 && proxyErr.code === 'internal_error') {
+    request.log.error({ err: error }, 'unexpected error')
+  }
+  if (reply.sent || reply.raw.headersSent) {
+    reply.raw.destroy()
+    return undefined
+  }
+  return sendError(reply, proxyErr)
 }
 
 /** Fastify's own errors → registry errors, so none of Fastify's default bodies ever reach a client. */
@@ -48,4 +67,28 @@ export function toProxyError(error: unknown): ProxyError {
     return proxyError('invalid_request', 'The request could not be read')
   }
   return proxyError('internal_error')
+}
+
+/** Requests Node's parser rejects (hostile headers, bad framing) still get the error shape. */
+export function answerMalformedRequest(error: Error & { code?: string }, socket: Socket): void {
+  if (!socket.writable) {
+    socket.destroy()
+    return
+  }
+  const rejection =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? proxyError('headers_too_large')
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? proxyError('request_timeout')
+        : proxyError('invalid_request', 'Malformed HTTP request')
+  const body = JSON.stringify(rejection.toBody())
+  socket.end(
+    `HTTP/1.1 ${rejection.status} ${STATUS_CODES[rejection.status] ?? ''}\r\n` +
+      'content-type: application/json; charset=utf-8\r\n' +
+      `content-length: ${Buffer.byteLength(body)}\r\n` +
+      `x-request-id: ${randomUUID()}\r\n` +
+      'x-should-retry: false\r\n' +
+      'connection: close\r\n\r\n' +
+      body,
+  )
 }

@@ -1,0 +1,78 @@
+import type { ServerResponse } from 'node:http'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { Metrics } from './metrics.js'
+import type { UpstreamTrace } from './upstream/attempt.js'
+
+/**
+ * The one place a request ends: one log line and one count per request, whether it was answered
+ * (buffered or an error), its stream ended, or its client left. What a request cost — the team
+ * gateway's usage record — belongs here too.
+ */
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    upstreamTrace: UpstreamTrace | null
+    /** Set once the request's log line and metrics sample are written. */
+    recorded: boolean
+    receivedAtMs: number
+  }
+}
+
+const REQUEST_OF = Symbol('toprouter.request')
+type RecordedResponse = ServerResponse & { [REQUEST_OF]?: FastifyRequest }
+
+/** The request's upstream trace, started when it is about to go upstream. */
+export function startTrace(request: FastifyRequest, model: string | undefined): UpstreamTrace {
+  const trace: UpstreamTrace = { model, servedBy: undefined, attempts: 0, upstreamMs: undefined, upstreamStatus: undefined }
+  request.upstreamTrace = trace
+  return trace
+}
+
+export function registerRequestLog(app: FastifyInstance, metrics: Metrics, now: () => number): void {
+  app.decorateRequest('upstreamTrace', null)
+  app.decorateRequest('recorded', false)
+  app.decorateRequest('receivedAtMs', 0)
+
+  function recordRequest(request: FastifyRequest, status: number, clientGone: boolean): void {
+    if (request.recorded) return
+    request.recorded = true
+    const trace = request.upstreamTrace
+    const route = request.routeOptions.url ?? 'unmatched'
+    metrics.request(route, status, trace?.model)
+    request.log.info(
+      {
+        method: request.method,
+        route,
+        status,
+        model: trace?.model,
+        servedBy: trace?.servedBy,
+        attempts: trace?.attempts ?? 0,
+        upstreamStatus: trace?.upstreamStatus,
+        upstreamMs: trace?.upstreamMs,
+        durationMs: Math.round(now() - request.receivedAtMs),
+        ...(clientGone ? { clientGone } : {}),
+      },
+      'request',
+    )
+  }
+
+  // Fastify runs onResponse only for responses it sent that finished; a client that left, or a
+  // stream the relay wrote itself (a hijacked reply), is recorded when its response closes.
+  // A named function, not a closure per request.
+  function recordOnClose(this: RecordedResponse): void {
+    const request = this[REQUEST_OF]
+    if (request === undefined || request.recorded) return
+    recordRequest(request, this.headersSent ? this.statusCode : 499, !this.writableFinished)
+  }
+
+  app.addHook('onRequest', (request, reply, done) => {
+    request.receivedAtMs = now()
+    ;(reply.raw as RecordedResponse)[REQUEST_OF] = request
+    reply.raw.once('close', recordOnClose)
+    done()
+  })
+  app.addHook('onResponse', (request, reply, done) => {
+    recordRequest(request, reply.statusCode, false)
+    done()
+  })
+}
