@@ -1,0 +1,59 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { BenchPlan } from '../plan.js'
+import { CHAT_BODY, CHAT_PATH, GET_HEADERS, MODELS_PATH, REQUEST_HEADERS, STREAM_BODY } from '../requests.js'
+import { fromAutocannon, runAutocannon } from './autocannon.js'
+import { pacedLoad } from './paced.js'
+import { measurePhase, type CpuWatch, type PhaseId, type PhaseResult } from './phase.js'
+import { unloadedNonStreaming, unloadedStreaming } from './unloaded.js'
+
+export type TargetPhases = Partial<Record<PhaseId, PhaseResult>>
+
+/** Phases (a) to (e) against one target at `url`, each charged to the processes in `watch`. */
+export async function measureTargetPhases(label: string, url: string, watch: CpuWatch, plan: BenchPlan): Promise<TargetPhases> {
+  const { phases: lengths, connections } = plan
+  const phases: TargetPhases = {}
+  const pause = () => sleep(plan.pauseBetweenPhasesMs)
+  const cannon = (options: Parameters<typeof runAutocannon>[0]) => runAutocannon(options, plan.autocannonSampleMs)
+  const chat = { url: url + CHAT_PATH, method: 'POST', headers: REQUEST_HEADERS }
+
+  process.stdout.write(`  [${label}] (a) non-streaming throughput: ${lengths.warmupS} s warm-up, ${lengths.throughputS} s\n`)
+  if (lengths.warmupS > 0) await cannon({ ...chat, body: CHAT_BODY, connections: connections.throughput, duration: lengths.warmupS })
+  phases.throughput = await measurePhase('throughput', watch, async () =>
+    fromAutocannon(await cannon({ ...chat, body: CHAT_BODY, connections: connections.throughput, duration: lengths.throughputS })),
+  )
+  await pause()
+
+  process.stdout.write(`  [${label}] (b) paced ${lengths.pacedRate} req/s, ${lengths.pacedS} s\n`)
+  phases.paced = await measurePhase('paced', watch, () => pacedLoad(url, lengths.pacedRate, lengths.pacedS, connections.pacedMaxInFlight))
+  await pause()
+
+  process.stdout.write(`  [${label}] (c) streaming, ${connections.stream} connections, ${lengths.streamS} s\n`)
+  phases.stream = await measurePhase('stream', watch, async () =>
+    fromAutocannon(await cannon({ ...chat, body: STREAM_BODY, connections: connections.stream, duration: lengths.streamS })),
+  )
+  await pause()
+
+  process.stdout.write(`  [${label}] (d) unloaded: ${lengths.unloadedN} requests and ${lengths.unloadedStreamsN} streams, one at a time\n`)
+  const unloaded = await measurePhase('unloaded', watch, () => unloadedNonStreaming(url, lengths.unloadedN))
+  const unloadedStream = await measurePhase('unloaded', watch, () => unloadedStreaming(url, lengths.unloadedStreamsN))
+  phases.unloaded = {
+    ...unloaded,
+    errors: unloaded.errors + unloadedStream.errors,
+    non2xx: unloaded.non2xx + unloadedStream.non2xx,
+    extra: {
+      firstByteP50Ms: unloadedStream.p50Ms,
+      firstByteP99Ms: unloadedStream.p99Ms,
+      streamTotalP50Ms: unloadedStream.extra.streamTotalP50Ms ?? Number.NaN,
+      streams: unloadedStream.requests,
+      streamCpuUsPerStream: unloadedStream.cpuUsPerReq,
+      badStreams: unloadedStream.extra.badStreams ?? 0,
+    },
+  }
+  await pause()
+
+  process.stdout.write(`  [${label}] (e) GET /models, ${connections.models} connections, ${lengths.modelsS} s\n`)
+  phases.models = await measurePhase('models', watch, async () =>
+    fromAutocannon(await cannon({ url: url + MODELS_PATH, method: 'GET', headers: GET_HEADERS, connections: connections.models, duration: lengths.modelsS })),
+  )
+  return phases
+}

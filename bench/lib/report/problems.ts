@@ -1,0 +1,24 @@
+import type { MemoryResult } from '../memory-phase.js'
+import type { TargetResult } from '../targets.js'
+
+/** Errors, non-2xx responses, warn/error log lines and streams that never flowed; any of them fails the run. */
+export function problemsOf(targets: TargetResult[], memory: MemoryResult | undefined): string[] {
+  const problems: string[] = []
+  for (const target of targets) {
+    for (const result of Object.values(target.phases)) {
+      if (result.errors > 0 || result.non2xx > 0) {
+        problems.push(`${target.label} ${result.phase}: ${result.errors} errors, ${result.non2xx} non-2xx (${JSON.stringify(result.extra)})`)
+      }
+    }
+    if (target.log !== undefined && target.log.warnOrWorse > 0) {
+      problems.push(`${target.label}: ${target.log.warnOrWorse} warn/error log lines, e.g. ${target.log.sample[0] ?? ''}`)
+    }
+  }
+  if (memory !== undefined) {
+    if (memory.streamErrors > 0 || memory.non2xx > 0) problems.push(`memory phase: ${memory.streamErrors} stream errors, ${memory.non2xx} non-2xx before the close`)
+    if (memory.during.streamsWithFirstEvent < memory.streams) {
+      problems.push(`memory phase: only ${memory.during.streamsWithFirstEvent} of ${memory.streams} streams received an event during the ${memory.holdS} s hold`)
+    }
+  }
+  return problems
+}

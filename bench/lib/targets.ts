@@ -1,0 +1,91 @@
+import { join } from 'node:path'
+import { measureTargetPhases, type TargetPhases } from './load/target-phases.js'
+import type { BenchPlan, TargetName } from './plan.js'
+import { statusKb } from './proc-stats.js'
+import { startHelper, startProxy, stop, type BenchProcess, type ProxyCommand } from './processes.js'
+import { summariseLog, type LogSummary } from './proxy-log.js'
+import { CHAT_BODY, CHAT_PATH, MODELS_PATH, REQUEST_HEADERS } from './requests.js'
+
+export interface TargetResult {
+  readonly target: TargetName
+  /** `direct (end)` for the second direct run. */
+  readonly label: string
+  readonly phases: TargetPhases
+  readonly peakRssMb: number
+  readonly rssAtEndMb: number
+  readonly log?: LogSummary
+}
+
+/** The sizes of the upstream's two bodies, for the report. */
+export interface UpstreamSizes {
+  readonly completionBytes: number
+  readonly modelsBytes: number
+}
+
+export interface TargetsSetup {
+  readonly plan: BenchPlan
+  readonly upstreamScript: string
+  readonly floorScript: string
+  readonly proxy: ProxyCommand
+  /** Working directory of the helpers. */
+  readonly cwd: string
+  /** Where the proxy's log of the run (proxy.log) goes. */
+  readonly resultsDir: string
+  readonly ticksPerSecond: number
+}
+
+/**
+ * Starts the upstream once, then measures each target of the plan in turn — started, measured and
+ * stopped before the next — so targets never compete with each other for the CPU.
+ */
+export async function measureTargets(setup: TargetsSetup): Promise<{ targets: TargetResult[]; upstream: UpstreamSizes }> {
+  const upstream = await startHelper({ name: 'upstream', script: setup.upstreamScript, args: ['--port', '0'], cwd: setup.cwd })
+  const sizes = await upstreamSizes(upstream.url)
+  process.stdout.write(`upstream on ${upstream.url} (pid ${upstream.pid})\n`)
+  const targets: TargetResult[] = []
+  try {
+    let directRuns = 0
+    for (const target of setup.plan.targets) {
+      const label = target === 'direct' ? (directRuns++ === 0 ? 'direct' : 'direct (end)') : target
+      process.stdout.write(`${label}:\n`)
+      targets.push(await measureTarget(target, label, upstream, setup))
+    }
+  } finally {
+    await stop(upstream)
+  }
+  return { targets, upstream: sizes }
+}
+
+async function measureTarget(target: TargetName, label: string, upstream: BenchProcess, setup: TargetsSetup): Promise<TargetResult> {
+  let proc: BenchProcess | undefined
+  let logFile: string | undefined
+  if (target === 'floor') proc = await startHelper({ name: 'floor', script: setup.floorScript, args: ['--port', '0', '--upstream', upstream.url], cwd: setup.cwd })
+  if (target === 'proxy') {
+    logFile = join(setup.resultsDir, 'proxy.log')
+    proc = await startProxy(setup.proxy, upstream.url, logFile)
+  }
+  // For direct, the load goes to the upstream and its CPU and memory are the figures.
+  const measuredPid = proc?.pid ?? upstream.pid
+  let result: TargetResult
+  try {
+    const watch = { targetPid: measuredPid, upstreamPid: upstream.pid, ticksPerSecond: setup.ticksPerSecond }
+    const phases = await measureTargetPhases(label, proc?.url ?? upstream.url, watch, setup.plan)
+    result = {
+      target,
+      label,
+      phases,
+      peakRssMb: statusKb(measuredPid, 'VmHWM') / 1024,
+      rssAtEndMb: statusKb(measuredPid, 'VmRSS') / 1024,
+    }
+  } finally {
+    if (proc !== undefined) await stop(proc)
+  }
+  // Read once the proxy has exited, so the log is complete.
+  return logFile === undefined ? result : { ...result, log: summariseLog(logFile) }
+}
+
+async function upstreamSizes(upstreamUrl: string): Promise<UpstreamSizes> {
+  const models = await fetch(`${upstreamUrl}${MODELS_PATH}`).then((r) => r.arrayBuffer())
+  const chat = await fetch(`${upstreamUrl}${CHAT_PATH}`, { method: 'POST', headers: REQUEST_HEADERS, body: CHAT_BODY }).then((r) => r.arrayBuffer())
+  return { completionBytes: chat.byteLength, modelsBytes: models.byteLength }
+}
