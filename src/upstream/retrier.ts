@@ -101,7 +101,7 @@ export function createRetrier(deps: RetrierDeps): Retrier {
             failure = await readUpstreamError(response, deps)
             statusBased = true
             retryable = isRetryableStatus(response.statusCode, failure.code)
-            pushbackMs = serverPushbackMs(response.headers, Date.now())
+            pushbackMs = serverPushbackMs(response.statusCode, response.headers, Date.now())
             outcomeLabel = String(response.statusCode)
             if (failure.code === 'context_length_exceeded') {
               metrics.attempt(key, outcomeLabel)
