@@ -61,7 +61,11 @@ function errorBody(status: number, code: string, message = `failure ${status}`) 
   return { error: { message, type: status === 429 ? 'rate_limit_error' : status >= 500 ? 'server_error' : 'invalid_request_error', code } }
 }
 
-const rateHeaders = { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-limit-requests': '60' }
+/**
+ * A spent requests quota. On a 429 its reset is the wait (SPEC § "Resilience semantics"), so it
+ * refills in 20 ms here, overriding the fake upstream's everyday `30s`; on a 5xx it is ignored.
+ */
+const rateHeaders = { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-limit-requests': '60', 'x-ratelimit-reset-requests': '20ms' }
 
 /** Never answers; resolves when the proxy gives up on the attempt (or the upstream closes). */
 function stall(res: ServerResponse): Promise<void> {
@@ -276,11 +280,19 @@ t.test('backoff: with random 0.999 the waits are ~base then ~2·base; with rando
 const pushbackCases = [
   { name: 'retry-after-ms: 250', headers: { 'retry-after-ms': '250' }, waitMs: 250 },
   { name: 'Retry-After: 1 (seconds)', headers: { 'retry-after': '1' }, waitMs: 1000 },
-  { name: 'x-ratelimit-reset-requests: 250ms', headers: { 'x-ratelimit-reset-requests': '250ms' }, waitMs: 250 },
-  { name: 'x-ratelimit-reset-requests: 1s', headers: { 'x-ratelimit-reset-requests': '1s' }, waitMs: 1000 },
+  {
+    name: 'x-ratelimit-remaining-requests: 0 with x-ratelimit-reset-requests: 250ms',
+    headers: { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': '250ms' },
+    waitMs: 250,
+  },
+  {
+    name: 'x-ratelimit-remaining-requests: 0 with x-ratelimit-reset-requests: 1s',
+    headers: { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': '1s' },
+    waitMs: 1000,
+  },
   {
     name: 'a garbage retry-after-ms does not hide a good x-ratelimit-reset-requests',
-    headers: { 'retry-after-ms': 'soon', 'x-ratelimit-reset-requests': '250ms' },
+    headers: { 'retry-after-ms': 'soon', 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': '250ms' },
     waitMs: 250,
   },
 ]
@@ -337,8 +349,9 @@ const garbageCases = [
   { 'retry-after': 'tomorrow' },
   { 'retry-after': '-3' },
   { 'retry-after': 'Wed, 32 Foo 2025 99:00:00 GMT' },
-  { 'x-ratelimit-reset-requests': '5' },
-  { 'retry-after-ms': '', 'retry-after': '1e3', 'x-ratelimit-reset-requests': '1 minute' },
+  // With the quota spent, so that the reset would count if it were a duration.
+  { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': '5' },
+  { 'retry-after-ms': '', 'retry-after': '1e3', 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': '1 minute' },
 ]
 
 t.test('garbage pushback values are ignored: the backoff applies', async (t) => {
@@ -386,9 +399,9 @@ const tooLongCases = [
     reason: 'pushback_too_long',
   },
   {
-    name: 'x-ratelimit-reset-requests: 1m30s exceeds the default maxRetryAfterMs',
-    status: 503,
-    headers: { 'x-ratelimit-reset-requests': '1m30s' },
+    name: 'a 429 with x-ratelimit-remaining-requests: 0 and x-ratelimit-reset-requests: 1m30s exceeds the default maxRetryAfterMs',
+    status: 429,
+    headers: { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': '1m30s' },
     config: {},
     clientHeaders: {},
     reason: 'pushback_too_long',
@@ -414,7 +427,7 @@ const tooLongCases = [
 for (const c of tooLongCases) {
   t.test(`a pushback that cannot be honoured is answered at once: ${c.name}`, async (t) => {
     const upstream = await startFakeUpstream(t, (_req, res) =>
-      sendJson(res, c.status, errorBody(c.status, c.status === 429 ? 'rate_limit_exceeded' : 'service_unavailable'), { ...c.headers, ...rateHeaders }),
+      sendJson(res, c.status, errorBody(c.status, c.status === 429 ? 'rate_limit_exceeded' : 'service_unavailable'), { ...rateHeaders, ...c.headers }),
     )
     const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: c.config })
     const { res, elapsedMs } = await chat(proxy, { headers: c.clientHeaders })

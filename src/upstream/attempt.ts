@@ -120,7 +120,7 @@ export function createAttempter(deps: AttempterDeps): Attempter {
       // A cut error body still yields an error naming the status.
     }
     const normalized = normalizeUpstreamError(response.statusCode, response.headers, body, deps.secret)
-    return statusFailure(response.statusCode, normalized, serverPushbackMs(response.headers, deps.wallClockNow()))
+    return statusFailure(response.statusCode, normalized, serverPushbackMs(response.statusCode, response.headers, deps.wallClockNow()))
   }
 
   async function readWhole(response: UpstreamResponse, clock: RequestClock): Promise<AttemptResult> {

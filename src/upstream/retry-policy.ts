@@ -4,8 +4,9 @@
  * so every rule here is tested by calling it with a fixed random source and a fixed `nowMs`.
  *
  * Rules (SPEC § "Resilience semantics"): retry 429 (not `insufficient_quota`), 500, 502, 503, 504
- * and connection failures; full-jitter backoff; the server's pushback wins, but a pushback longer
- * than `maxRetryAfterMs` or than the time left is answered at once instead of waited out.
+ * and connection failures; full-jitter backoff; the server's pushback wins (`x-ratelimit-reset-*`
+ * only on a 429 whose quota is spent), but a pushback longer than `maxRetryAfterMs` or than the
+ * time left is answered at once instead of waited out.
  */
 
 export interface BackoffOptions {
@@ -73,9 +74,10 @@ const DURATION_COMPONENT = /(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|μs|ns|h|m|s)/y
 const NON_NEGATIVE_NUMBER = /^(?:\d+(?:\.\d*)?|\.\d+)$/
 
 /**
- * Parses a Go-style duration as TopRouter and OpenAI send in `x-ratelimit-reset-requests`
- * (`"30s"`, `"1m30s"`, `"250ms"`, `"1h2m3.5s"`, `"6m0s"`): one or more `<number><unit>` parts,
- * units `h`, `m`, `s`, `ms`, `us`/`µs`, `ns`. A bare number (`"5"`) is refused: its unit is unknown.
+ * Parses a Go-style duration as TopRouter and OpenAI send in `x-ratelimit-reset-requests` and
+ * `x-ratelimit-reset-tokens` (`"30s"`, `"1m30s"`, `"250ms"`, `"1h2m3.5s"`, `"6m0s"`): one or more
+ * `<number><unit>` parts, units `h`, `m`, `s`, `ms`, `us`/`µs`, `ns`. A bare number (`"5"`) is
+ * refused: its unit is unknown.
  *
  * @returns whole milliseconds rounded up (a wait is never cut short), or `undefined` for anything
  * that is not such a duration: empty, signed, unitless, unknown unit, or absurdly long input.
@@ -113,22 +115,36 @@ export type ResponseHeaders = Readonly<Record<string, string | string[] | undefi
  * 2. `retry-after`: delay-seconds (integer or decimal) or an HTTP-date
  *    ({@link https://www.rfc-editor.org/rfc/rfc9110#section-10.2.3 RFC 9110 §10.2.3}); a date
  *    in the past means "now" (0);
- * 3. `x-ratelimit-reset-requests`: a duration such as `"1m30s"` (see {@link parseDurationMs}).
+ * 3. on a **429** only, the `x-ratelimit-reset-*` of each quota that is spent: when
+ *    `x-ratelimit-remaining-requests` is `0`, `x-ratelimit-reset-requests`; when
+ *    `x-ratelimit-remaining-tokens` is `0`, `x-ratelimit-reset-tokens` (durations such as
+ *    `"1m30s"`, see {@link parseDurationMs}). With both spent, the longer of the two resets.
+ *
+ * The `x-ratelimit-*` headers are not pushback by themselves: TopRouter sends all six on every
+ * response, errors included (`reset-requests: 30s` while 59 of 60 requests remain), so a reset only
+ * says when a quota window refills. It means "wait" only when the upstream refused us (429) and the
+ * matching quota is empty; on 5xx they are ignored (SPEC § "Resilience semantics").
  *
  * A garbage value in one header is ignored and the next one is read, so one malformed header
- * never hides a good one. Only the first value of a repeated header is read.
+ * never hides a good one; a remaining count that is not a number is not `0`. Only the first value
+ * of a repeated header is read. Whether `status` is worth a retry at all is
+ * {@link isRetryableStatus}'s call, not this function's.
  *
+ * @param status the upstream's HTTP status; only a 429 lets the `x-ratelimit-reset-*` headers count.
  * @param headers lower-case header names, as Node and undici provide them.
  * @param nowMs wall-clock time (`Date.now()`), only used for HTTP-dates.
  * @returns whole milliseconds rounded up, or `undefined` when the upstream sent nothing usable.
  *
  * @example
  * ```ts
- * serverPushbackMs({ 'retry-after': '2' }, Date.now()) // 2000
- * serverPushbackMs({ 'retry-after-ms': 'soon', 'retry-after': '1.5' }, Date.now()) // 1500
+ * serverPushbackMs(503, { 'retry-after': '2' }, Date.now()) // 2000
+ * serverPushbackMs(429, { 'retry-after-ms': 'soon', 'retry-after': '1.5' }, Date.now()) // 1500
+ * serverPushbackMs(429, { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': '1s' }, Date.now()) // 1000
+ * serverPushbackMs(429, { 'x-ratelimit-remaining-requests': '59', 'x-ratelimit-reset-requests': '30s' }, Date.now()) // undefined
+ * serverPushbackMs(503, { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': '30s' }, Date.now()) // undefined
  * ```
  */
-export function serverPushbackMs(headers: ResponseHeaders, nowMs: number): number | undefined {
+export function serverPushbackMs(status: number, headers: ResponseHeaders, nowMs: number): number | undefined {
   const retryAfterMs = firstValue(headers['retry-after-ms'])
   if (retryAfterMs !== undefined) {
     const parsed = parseNonNegativeNumber(retryAfterMs)
@@ -145,9 +161,20 @@ export function serverPushbackMs(headers: ResponseHeaders, nowMs: number): numbe
     if (delayMs !== undefined) return delayMs
   }
 
-  const resetRequests = firstValue(headers['x-ratelimit-reset-requests'])
-  if (resetRequests !== undefined) return parseDurationMs(resetRequests)
-  return undefined
+  if (status !== 429) return undefined
+  const requestsResetMs = spentQuotaResetMs(headers['x-ratelimit-remaining-requests'], headers['x-ratelimit-reset-requests'])
+  const tokensResetMs = spentQuotaResetMs(headers['x-ratelimit-remaining-tokens'], headers['x-ratelimit-reset-tokens'])
+  if (requestsResetMs === undefined) return tokensResetMs
+  if (tokensResetMs === undefined) return requestsResetMs
+  return Math.max(requestsResetMs, tokensResetMs)
+}
+
+/** A quota's reset as a wait, when its remaining count is exactly 0; otherwise `undefined`. */
+function spentQuotaResetMs(remaining: string | string[] | undefined, reset: string | string[] | undefined): number | undefined {
+  const remainingText = firstValue(remaining)
+  if (remainingText === undefined || parseNonNegativeNumber(remainingText) !== 0) return undefined
+  const resetText = firstValue(reset)
+  return resetText === undefined ? undefined : parseDurationMs(resetText)
 }
 
 function firstValue(value: string | string[] | undefined): string | undefined {

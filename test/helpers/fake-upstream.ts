@@ -4,6 +4,7 @@ import { createServer as createNetServer, type AddressInfo, type Socket } from '
 /**
  * A scripted origin on port 0, one per test: it records every request it receives and answers
  * with whatever the test's handler does (any status, HTML, resets, stalls, slow or cut streams).
+ * Like TopRouter, every answer carries the six `x-ratelimit-*` headers unless told otherwise.
  */
 
 export interface RecordedRequest {
@@ -30,7 +31,30 @@ interface Teardown {
   teardown(fn: () => unknown): void
 }
 
-export async function startFakeUpstream(t: Teardown, handler: UpstreamHandler): Promise<FakeUpstream> {
+/**
+ * What TopRouter sends on every response, errors included: a quota window that is far from spent
+ * (59 of 60 requests left, refilling in 30 s). None of it asks the client to wait.
+ */
+export const TOPROUTER_RATE_LIMIT_HEADERS: Readonly<Record<string, string>> = Object.freeze({
+  'x-ratelimit-limit-requests': '60',
+  'x-ratelimit-remaining-requests': '59',
+  'x-ratelimit-reset-requests': '30s',
+  'x-ratelimit-limit-tokens': '1000000',
+  'x-ratelimit-remaining-tokens': '999000',
+  'x-ratelimit-reset-tokens': '15s',
+})
+
+export interface FakeUpstreamOptions {
+  /**
+   * Put {@link TOPROUTER_RATE_LIMIT_HEADERS} on every answer, as TopRouter does. They are set
+   * before the handler runs, so any of them the handler passes to `writeHead` wins.
+   * @default true
+   */
+  readonly rateLimitHeaders?: boolean
+}
+
+export async function startFakeUpstream(t: Teardown, handler: UpstreamHandler, options: FakeUpstreamOptions = {}): Promise<FakeUpstream> {
+  const rateLimitHeaders = options.rateLimitHeaders ?? true
   const requests: RecordedRequest[] = []
   const sockets = new Set<Socket>()
   const server = createServer(async (req, res) => {
@@ -45,6 +69,9 @@ export async function startFakeUpstream(t: Teardown, handler: UpstreamHandler): 
       receivedAt: performance.now(),
     }
     requests.push(recorded)
+    if (rateLimitHeaders) {
+      for (const [name, value] of Object.entries(TOPROUTER_RATE_LIMIT_HEADERS)) res.setHeader(name, value)
+    }
     try {
       await handler(req, res, recorded, requests.length - 1)
     } catch {
