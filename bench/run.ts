@@ -2,8 +2,8 @@ import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { snapshotDist, transpileHelper } from './lib/build.js'
-import { parseCli, UsageError, type BenchOptions } from './lib/cli.js'
-import { memoryPhase, type MemoryResult } from './lib/memory-phase.js'
+import { type BenchOptions, parseCli, UsageError } from './lib/cli.js'
+import { type MemoryResult, memoryPhase } from './lib/memory-phase.js'
 import { benchPaths } from './lib/paths.js'
 import { benchPlan } from './lib/plan.js'
 import { clockTicksPerSecond } from './lib/proc-stats.js'
@@ -39,7 +39,9 @@ async function main(): Promise<void> {
   const upstreamScript = transpileHelper('upstream', paths)
   const floorScript = transpileHelper('floor', paths)
   const machine: Record<string, string | number> = { ...machineInfo(paths.root), distFingerprint: dist.fingerprint }
-  process.stdout.write(`toprouter-proxy bench (${options.mode}): node ${process.version}, ${machine.cpus} CPUs, ${ticksPerSecond} ticks/s\n`)
+  process.stdout.write(
+    `toprouter-proxy bench (${options.mode}): node ${process.version}, ${machine.cpus} CPUs, ${ticksPerSecond} ticks/s\n`,
+  )
 
   const { targets, upstream } =
     options.mode === 'memory-only'

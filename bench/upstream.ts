@@ -91,7 +91,28 @@ const streamHeaders: OutgoingHttpHeaders = {
   ...RATE_LIMIT_HEADERS,
 }
 
-const WORDS = ['Hello', ' there', '!', ' This', ' is', ' a', ' streamed', ' answer', ' from', ' the', ' benchmark', ' upstream', ',', ' one', ' small', ' piece', ' at', ' a', ' time', '.']
+const WORDS = [
+  'Hello',
+  ' there',
+  '!',
+  ' This',
+  ' is',
+  ' a',
+  ' streamed',
+  ' answer',
+  ' from',
+  ' the',
+  ' benchmark',
+  ' upstream',
+  ',',
+  ' one',
+  ' small',
+  ' piece',
+  ' at',
+  ' a',
+  ' time',
+  '.',
+]
 
 function chunkEvent(index: number, content: string, finish: string | null): Buffer {
   const chunk = {
@@ -194,7 +215,10 @@ const server = createServer({ keepAlive: true, noDelay: true }, (req, res) => {
     let rest: Buffer[] | undefined
     req.on('data', (chunk: Buffer) => {
       if (first === undefined) first = chunk
-      else (rest ??= [first]).push(chunk)
+      else {
+        rest ??= [first]
+        rest.push(chunk)
+      }
     })
     req.on('end', () => handleChat(req, res, rest !== undefined ? Buffer.concat(rest) : (first ?? Buffer.alloc(0))))
     return
@@ -231,7 +255,9 @@ server.maxRequestsPerSocket = 0
 
 server.listen(port, values.host, () => {
   const address = server.address() as AddressInfo
-  process.stdout.write(`${JSON.stringify({ port: address.port, completionBytes: completionBody.length, modelsBytes: modelsBody.length })}\n`)
+  process.stdout.write(
+    `${JSON.stringify({ port: address.port, completionBytes: completionBody.length, modelsBytes: modelsBody.length })}\n`,
+  )
 })
 
 function shutdown(): void {

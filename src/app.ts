@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify'
 import type { DestinationStream, Logger } from 'pino'
 import { createFallbackChain } from './chat/fallback-chain.js'
 import type { Config } from './config.js'
@@ -13,13 +13,13 @@ import { registerRequestLog } from './request-log.js'
 import { createChatCompletionsHandler } from './routes/chat-completions.js'
 import { createHealthHandlers } from './routes/health.js'
 import { createModelsHandlers, MODELS_BREAKER_KEY } from './routes/models.js'
-import { registerRouteTable, type RouteEntry } from './routes/table.js'
-import { createUpstreamAuth } from './upstream-auth.js'
+import { type RouteEntry, registerRouteTable } from './routes/table.js'
 import { createAttempter } from './upstream/attempt.js'
-import { createBreakerRegistry, type BreakerEvents, type BreakerRegistry } from './upstream/breakers.js'
+import { type BreakerEvents, type BreakerRegistry, createBreakerRegistry } from './upstream/breakers.js'
 import { buildUpstreamClient, type UpstreamClient } from './upstream/client.js'
 import { createRetrier } from './upstream/retrier.js'
 import { createRetryBudget } from './upstream/retry-budget.js'
+import { createUpstreamAuth } from './upstream-auth.js'
 
 /**
  * buildApp wires the server from a validated config and its dependencies: it builds each part
@@ -48,7 +48,7 @@ export interface ProxyApp {
   readonly breakers: BreakerRegistry
 }
 
-const SANE_REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/
+const SANE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
 export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const logger = deps.logger ?? buildLogger(config.log.level, deps.logDestination)
@@ -66,9 +66,21 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     onEvict: (model) => metrics.breakerEvicted(model),
   }
   const breakers = createBreakerRegistry({ config: config.breaker, judge: breakerVerdict, events: breakerEvents, now })
-  const modelsBreakers = createBreakerRegistry({ config: config.breaker, judge: breakerVerdict, events: breakerEvents, maxBreakers: 1, now })
+  const modelsBreakers = createBreakerRegistry({
+    config: config.breaker,
+    judge: breakerVerdict,
+    events: breakerEvents,
+    maxBreakers: 1,
+    now,
+  })
   const budget = createRetryBudget(config.retry, now)
-  const attempter = createAttempter({ upstream, timeouts: config.upstream, secret: config.apiKey, now, wallClockNow: deps.wallClockNow ?? Date.now })
+  const attempter = createAttempter({
+    upstream,
+    timeouts: config.upstream,
+    secret: config.apiKey,
+    now,
+    wallClockNow: deps.wallClockNow ?? Date.now,
+  })
   const retrierDeps = { retry: config.retry, budget, attempter, metrics, random, now }
   const chain = createFallbackChain({ retrier: createRetrier({ ...retrierDeps, breakers }), fallbacks: config.fallbacks, metrics })
   const auth = createUpstreamAuth(config.apiKey)

@@ -131,7 +131,9 @@ export function loadConfig(sources: ConfigSources = {}): Config {
 
   const set = (path: string, value: unknown, origin: Origin) => {
     const [sectionName, key] = path.split('.') as [string, string]
-    const target = isPlainObject(raw[sectionName]) ? raw[sectionName] : (raw[sectionName] = {})
+    const existing = raw[sectionName]
+    const target = isPlainObject(existing) ? existing : {}
+    raw[sectionName] = target
     target[key] = value
     origins.set(path, origin)
   }
@@ -162,9 +164,7 @@ export function loadConfig(sources: ConfigSources = {}): Config {
 
   const apiKey = nonEmpty(env.TOPROUTER_API_KEY)
   if (apiKey !== undefined && !/^[\x21-\x7e]+$/.test(apiKey)) {
-    throw new ConfigError(
-      'config error: TOPROUTER_API_KEY must be printable ASCII without spaces, found a value with other characters',
-    )
+    throw new ConfigError('config error: TOPROUTER_API_KEY must be printable ASCII without spaces, found a value with other characters')
   }
   return deepFreeze({ ...raw, upstream, apiKey })
 }

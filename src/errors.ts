@@ -98,13 +98,7 @@ export class ProxyError extends Error {
   /** Headers to send with the error, e.g. Retry-After or the upstream's x-ratelimit-*. */
   readonly headers: Readonly<Record<string, string | string[]>> | undefined
 
-  constructor(
-    status: number,
-    type: string,
-    code: string,
-    message: string,
-    headers?: Readonly<Record<string, string | string[]>>,
-  ) {
+  constructor(status: number, type: string, code: string, message: string, headers?: Readonly<Record<string, string | string[]>>) {
     super(message)
     this.name = 'ProxyError'
     this.status = status
@@ -119,11 +113,7 @@ export class ProxyError extends Error {
 }
 
 /** A registry error, built without a stack trace. */
-export function proxyError(
-  code: ErrorCode,
-  message?: string,
-  headers?: Readonly<Record<string, string | string[]>>,
-): ProxyError {
+export function proxyError(code: ErrorCode, message?: string, headers?: Readonly<Record<string, string | string[]>>): ProxyError {
   const entry = ERROR_REGISTRY[code]
   return withoutStack(() => new ProxyError(entry.status, entry.type, code, message ?? entry.message, headers))
 }

@@ -127,7 +127,11 @@ export class Failure extends ProxyError {
 }
 
 /** A failure of one of the table's kinds, with a message that says what happened; no stack. */
-export function failure(kind: Exclude<FailureKind, 'upstream_status'>, message?: string, headers?: Readonly<Record<string, string>>): Failure {
+export function failure(
+  kind: Exclude<FailureKind, 'upstream_status'>,
+  message?: string,
+  headers?: Readonly<Record<string, string>>,
+): Failure {
   const entry = FAILURE_TABLE[kind]
   const registered = ERROR_REGISTRY[entry.code]
   return withoutStack(
@@ -137,7 +141,9 @@ export function failure(kind: Exclude<FailureKind, 'upstream_status'>, message?:
 
 /** An upstream's non-2xx answer, already normalised into the error shape. */
 export function statusFailure(upstreamStatus: number, normalized: ProxyError, pushbackMs: number | undefined): Failure {
-  return withoutStack(() => new Failure('upstream_status', normalized, verdictForStatus(upstreamStatus, normalized.code), upstreamStatus, pushbackMs))
+  return withoutStack(
+    () => new Failure('upstream_status', normalized, verdictForStatus(upstreamStatus, normalized.code), upstreamStatus, pushbackMs),
+  )
 }
 
 /** Where an undici error happened, which decides what a body timeout means. */
@@ -185,7 +191,11 @@ export function transportFailure(error: unknown, context: TransportContext): Fai
 }
 
 /** An error seen while the request's signal may have fired: the abort explains it first. */
-export function failureFrom(error: unknown, signal: { readonly aborted: boolean; readonly reason: AbortReason | undefined }, context: TransportContext): Failure {
+export function failureFrom(
+  error: unknown,
+  signal: { readonly aborted: boolean; readonly reason: AbortReason | undefined },
+  context: TransportContext,
+): Failure {
   return signal.aborted && signal.reason !== undefined ? abortFailure(signal.reason) : transportFailure(error, context)
 }
 

@@ -1,4 +1,4 @@
-import { pino, type DestinationStream, type Logger } from 'pino'
+import { type DestinationStream, type Logger, pino } from 'pino'
 import type { LogLevel } from './config.js'
 
 /**
@@ -56,7 +56,7 @@ export function drainLogs(logger: Logger, timeoutMs = 2000): Promise<void> {
   })
 }
 
-const KEY_PATTERN = /\b(sk|tr|or)-[A-Za-z0-9_\-]{12,}/g
+const KEY_PATTERN = /\b(sk|tr|or)-[A-Za-z0-9_-]{12,}/g
 
 /**
  * Scrubs anything key-like from text that came from the upstream before a client or a log sees

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.js'
-import { ConfigError, loadConfig, type Config } from './config.js'
+import { type Config, ConfigError, loadConfig } from './config.js'
 import { drainLogs } from './logging.js'
 import { drain } from './shutdown.js'
 
@@ -112,10 +112,16 @@ async function main(): Promise<void> {
   const port = typeof address === 'object' && address !== null ? address.port : config.listen.port
   const allInterfaces = config.listen.host === '0.0.0.0' || config.listen.host === '::'
   const shownHost = allInterfaces ? '<this host>' : config.listen.host
+  const where = allInterfaces ? ` (this machine: 127.0.0.1; a sidecar: the service name, e.g. http://proxy:${port})` : ''
   const baseUrl = `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${port}`
   logger.info(
-    { host: config.listen.host, port, upstream: config.upstream.baseUrl, auth: config.apiKey === undefined ? 'client Authorization forwarded' : 'TOPROUTER_API_KEY' },
-    `toprouter-proxy listening on ${config.listen.host}:${port}, forwarding to ${config.upstream.baseUrl}; use base_url ${baseUrl} in your OpenAI SDK${allInterfaces ? ' (this machine: 127.0.0.1; a sidecar: the service name, e.g. http://proxy:' + port + ')' : ''}`,
+    {
+      host: config.listen.host,
+      port,
+      upstream: config.upstream.baseUrl,
+      auth: config.apiKey === undefined ? 'client Authorization forwarded' : 'TOPROUTER_API_KEY',
+    },
+    `toprouter-proxy listening on ${config.listen.host}:${port}, forwarding to ${config.upstream.baseUrl}; use base_url ${baseUrl} in your OpenAI SDK${where}`,
   )
 }
 

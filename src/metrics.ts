@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { BreakerState } from './upstream/breakers.js'
 import type { StreamEnding } from './streaming/sse.js'
+import type { BreakerState } from './upstream/breakers.js'
 
 /**
  * Prometheus metrics, on a registry owned by one app (never prom-client's global one, so two apps
@@ -33,14 +33,54 @@ export function createMetrics(knownModels: readonly string[], maxModelLabels = 1
   const labelled = new Set(knownModels)
   const prefix = 'toprouter_proxy_'
 
-  const requests = new Counter({ name: `${prefix}requests_total`, help: 'Requests answered, by route, status and model', labelNames: ['route', 'status', 'model'], registers: [registry] })
-  const attempts = new Counter({ name: `${prefix}upstream_attempts_total`, help: 'Upstream attempts, by model and outcome (HTTP status or failure kind)', labelNames: ['model', 'outcome'], registers: [registry] })
-  const retries = new Counter({ name: `${prefix}retries_total`, help: 'Retries scheduled, by model and reason', labelNames: ['model', 'reason'], registers: [registry] })
-  const budgetExhausted = new Counter({ name: `${prefix}retry_budget_exhausted_total`, help: 'Retries refused because the retry budget was spent', labelNames: ['model'], registers: [registry] })
-  const fallbacks = new Counter({ name: `${prefix}fallbacks_total`, help: 'Fallbacks to another model', labelNames: ['from', 'to'], registers: [registry] })
-  const breakerGauge = new Gauge({ name: `${prefix}breaker_state`, help: 'Circuit breaker state per model: 0 closed, 1 half-open, 2 open', labelNames: ['model'], registers: [registry] })
-  const transitions = new Counter({ name: `${prefix}breaker_transitions_total`, help: 'Circuit breaker state changes', labelNames: ['model', 'to'], registers: [registry] })
-  const streamEndings = new Counter({ name: `${prefix}stream_endings_total`, help: 'How streams ended: done, done_added, cut, stalled, client_gone', labelNames: ['model', 'ending'], registers: [registry] })
+  const requests = new Counter({
+    name: `${prefix}requests_total`,
+    help: 'Requests answered, by route, status and model',
+    labelNames: ['route', 'status', 'model'],
+    registers: [registry],
+  })
+  const attempts = new Counter({
+    name: `${prefix}upstream_attempts_total`,
+    help: 'Upstream attempts, by model and outcome (HTTP status or failure kind)',
+    labelNames: ['model', 'outcome'],
+    registers: [registry],
+  })
+  const retries = new Counter({
+    name: `${prefix}retries_total`,
+    help: 'Retries scheduled, by model and reason',
+    labelNames: ['model', 'reason'],
+    registers: [registry],
+  })
+  const budgetExhausted = new Counter({
+    name: `${prefix}retry_budget_exhausted_total`,
+    help: 'Retries refused because the retry budget was spent',
+    labelNames: ['model'],
+    registers: [registry],
+  })
+  const fallbacks = new Counter({
+    name: `${prefix}fallbacks_total`,
+    help: 'Fallbacks to another model',
+    labelNames: ['from', 'to'],
+    registers: [registry],
+  })
+  const breakerGauge = new Gauge({
+    name: `${prefix}breaker_state`,
+    help: 'Circuit breaker state per model: 0 closed, 1 half-open, 2 open',
+    labelNames: ['model'],
+    registers: [registry],
+  })
+  const transitions = new Counter({
+    name: `${prefix}breaker_transitions_total`,
+    help: 'Circuit breaker state changes',
+    labelNames: ['model', 'to'],
+    registers: [registry],
+  })
+  const streamEndings = new Counter({
+    name: `${prefix}stream_endings_total`,
+    help: 'How streams ended: done, done_added, cut, stalled, client_gone',
+    labelNames: ['model', 'ending'],
+    registers: [registry],
+  })
   const latency = new Histogram({
     name: `${prefix}upstream_latency_seconds`,
     help: 'Time from sending an attempt to its response headers (streams: to the first event)',
@@ -48,7 +88,12 @@ export function createMetrics(knownModels: readonly string[], maxModelLabels = 1
     buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
     registers: [registry],
   })
-  const modelsCache = new Counter({ name: `${prefix}models_cache_total`, help: '/models cache results', labelNames: ['result'], registers: [registry] })
+  const modelsCache = new Counter({
+    name: `${prefix}models_cache_total`,
+    help: '/models cache results',
+    labelNames: ['result'],
+    registers: [registry],
+  })
 
   function modelLabel(model: string | undefined): string {
     if (model === undefined) return 'none'
@@ -72,14 +117,20 @@ export function createMetrics(knownModels: readonly string[], maxModelLabels = 1
       const label = modelLabel(model)
       const key = `${route}\n${status}\n${label}`
       let child = requestChildren.get(key)
-      if (child === undefined) requestChildren.set(key, (child = requests.labels(route, String(status), label)))
+      if (child === undefined) {
+        child = requests.labels(route, String(status), label)
+        requestChildren.set(key, child)
+      }
       child.inc()
     },
     attempt(model, outcome) {
       const label = modelLabel(model)
       const key = `${label}\n${outcome}`
       let child = attemptChildren.get(key)
-      if (child === undefined) attemptChildren.set(key, (child = attempts.labels(label, outcome)))
+      if (child === undefined) {
+        child = attempts.labels(label, outcome)
+        attemptChildren.set(key, child)
+      }
       child.inc()
     },
     retry: (model, reason) => retries.inc({ model: modelLabel(model), reason }),
@@ -94,7 +145,10 @@ export function createMetrics(knownModels: readonly string[], maxModelLabels = 1
     upstreamLatency(model, seconds) {
       const label = modelLabel(model)
       let child = latencyChildren.get(label)
-      if (child === undefined) latencyChildren.set(label, (child = latency.labels(label)))
+      if (child === undefined) {
+        child = latency.labels(label)
+        latencyChildren.set(label, child)
+      }
       child.observe(seconds)
     },
     modelsCache: (result) => modelsCache.inc({ result }),

@@ -93,7 +93,7 @@ export function startRequestClock(
   return new RequestClock({
     deadlineMs,
     nowMs: options.nowMs,
-    clientRetryCount: retryCount > 0 ? retryCount : 0,
+    clientRetryCount: Number.isFinite(retryCount) && retryCount > 0 ? retryCount : 0,
     response: options.response,
     inFlight: options.inFlight,
   })

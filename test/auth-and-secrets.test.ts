@@ -1,5 +1,5 @@
-import t from 'tap'
 import OpenAI from 'openai'
+import t from 'tap'
 import { request } from 'undici'
 import { expectErrorShape } from './helpers/assert-error.js'
 import { chunkEvent, completion, sendJson, sendSse, startFakeUpstream } from './helpers/fake-upstream.js'
@@ -51,7 +51,13 @@ t.test('a canary key never appears in logs or responses, whatever happens', asyn
     if (req.url?.startsWith('/models')) return sendJson(res, 200, { object: 'list', data: [{ id: MODEL }] })
     if (call === 1) return sendJson(res, 200, completion(MODEL))
     if (call === 2) return sendSse(res, [chunkEvent(MODEL, 0, 'a'), chunkEvent(MODEL, 1, 'b', 'stop')])
-    if (call === 3) return sendJson(res, 401, { error: { message: `Bad key: ${auth}`, type: 'authentication_error', code: 'invalid_api_key' } }, { 'x-echo': auth })
+    if (call === 3)
+      return sendJson(
+        res,
+        401,
+        { error: { message: `Bad key: ${auth}`, type: 'authentication_error', code: 'invalid_api_key' } },
+        { 'x-echo': auth },
+      )
     if (call === 4) return sendJson(res, 500, { error: { message: `crash while handling ${auth.slice(7)}` } })
     req.socket.destroy()
   })
@@ -64,12 +70,20 @@ t.test('a canary key never appears in logs or responses, whatever happens', asyn
   const stream = await client.chat.completions.create({ model: MODEL, stream: true, messages: [] })
   for await (const chunk of stream) record(chunk)
   for (let i = 0; i < 3; i++) {
-    const res = await request(`${proxy.url}/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${clientCanary}`, 'content-type': 'application/json' }, body })
+    const res = await request(`${proxy.url}/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${clientCanary}`, 'content-type': 'application/json' },
+      body,
+    })
     record(res.headers)
     record(await res.body.text())
   }
   record(await client.models.list())
-  const bad = await request(`${proxy.url}/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${clientCanary}`, 'content-type': 'application/json' }, body: '{bad' })
+  const bad = await request(`${proxy.url}/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${clientCanary}`, 'content-type': 'application/json' },
+    body: '{bad',
+  })
   record(bad.headers)
   record(await bad.body.text())
 
@@ -80,5 +94,8 @@ t.test('a canary key never appears in logs or responses, whatever happens', asyn
     t.notOk(everything.includes(secret), `${secret.slice(0, 12)}… never appears in a response`)
     t.notOk(logs.includes(secret), `${secret.slice(0, 12)}… never appears in the logs`)
   }
-  t.ok(upstream.requests.every((r) => r.headers.authorization === `Bearer ${canary}`), 'the upstream did get the key')
+  t.ok(
+    upstream.requests.every((r) => r.headers.authorization === `Bearer ${canary}`),
+    'the upstream did get the key',
+  )
 })

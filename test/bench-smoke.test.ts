@@ -17,7 +17,11 @@ t.test('npm run bench:smoke runs every phase end to end with no errors', { timeo
     timeout: 170_000,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '' },
   })
-  t.equal(result.status, 0, `the smoke exits 0${result.status === 0 ? '' : `:\n${result.stdout.slice(-2000)}\n${result.stderr.slice(-2000)}`}`)
+  t.equal(
+    result.status,
+    0,
+    `the smoke exits 0${result.status === 0 ? '' : `:\n${result.stdout.slice(-2000)}\n${result.stderr.slice(-2000)}`}`,
+  )
   for (const phase of ['(a) non-streaming', '(b) paced', '(c) streaming', '(d) unloaded', '(e) GET /models']) {
     t.match(result.stdout, phase, `phase ${phase} ran`)
   }

@@ -1,10 +1,10 @@
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
-import { request, type Dispatcher } from 'undici'
-import { createBreakerRegistry, BreakerOpenError } from '../src/upstream/breakers.js'
+import { type Dispatcher, request } from 'undici'
+import { BreakerOpenError, createBreakerRegistry } from '../src/upstream/breakers.js'
 import { expectErrorShape } from './helpers/assert-error.js'
-import { completion, sendJson, sleep, startFakeUpstream, type FakeUpstream, type RecordedRequest } from './helpers/fake-upstream.js'
+import { completion, type FakeUpstream, type RecordedRequest, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startProxy, type TestProxy } from './helpers/proxy.js'
 
 /**
@@ -92,40 +92,46 @@ async function trip(proxy: TestProxy, model: string): Promise<number[]> {
   )
 }
 
-t.test('5xx answers trip the model breaker; open ⇒ 503 circuit_open within milliseconds, upstream untouched, Retry-After counts down', async (t) => {
-  const failures = [500, 502, 503, 504]
-  const upstream = await startFakeUpstream(t, (_req, res, _recorded, index) =>
-    // Slow failures: a request that did reach the upstream could not come back quickly.
-    answerLater(res, 400, failures[index % 4] as number, upstreamError(failures[index % 4] as number, 'upstream_error')),
-  )
-  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { breaker: { ...BREAKER, resetTimeoutMs: 2500 }, retry: ONE_ATTEMPT } })
+t.test(
+  '5xx answers trip the model breaker; open ⇒ 503 circuit_open within milliseconds, upstream untouched, Retry-After counts down',
+  async (t) => {
+    const failures = [500, 502, 503, 504]
+    const upstream = await startFakeUpstream(t, (_req, res, _recorded, index) =>
+      // Slow failures: a request that did reach the upstream could not come back quickly.
+      answerLater(res, 400, failures[index % 4] as number, upstreamError(failures[index % 4] as number, 'upstream_error')),
+    )
+    const proxy = await startProxy(t, {
+      upstreamUrl: upstream.url,
+      config: { breaker: { ...BREAKER, resetTimeoutMs: 2500 }, retry: ONE_ATTEMPT },
+    })
 
-  const statuses = await trip(proxy, FLAKY)
-  t.same([...statuses].sort(), [500, 502, 503, 504], 'the four failures reach the client with their own statuses')
-  t.equal(countFor(upstream, FLAKY), 4, 'four upstream attempts')
-  t.equal((await breakerStates(proxy.url))[FLAKY], 'open', 'the breaker is open after 4 of 4 failures')
+    const statuses = await trip(proxy, FLAKY)
+    t.same([...statuses].sort(), [500, 502, 503, 504], 'the four failures reach the client with their own statuses')
+    t.equal(countFor(upstream, FLAKY), 4, 'four upstream attempts')
+    t.equal((await breakerStates(proxy.url))[FLAKY], 'open', 'the breaker is open after 4 of 4 failures')
 
-  const retryAfters: number[] = []
-  for (let i = 0; i < 5; i++) {
-    const started = performance.now()
-    const res = await chat(proxy.url, FLAKY)
-    const elapsed = performance.now() - started
-    t.ok(elapsed < 250, `open breaker answers at once (${Math.round(elapsed)} ms; the upstream takes 400 ms)`)
-    t.equal(res.headers['x-proxy-attempts'], '0', 'no attempt was made')
-    retryAfters.push(Number(res.headers['retry-after']))
-    await expectErrorShape(t, res, { status: 503, type: 'server_error', code: 'circuit_open' })
-  }
-  t.equal(countFor(upstream, FLAKY), 4, 'the upstream received nothing while the breaker was open')
-  const first = retryAfters[0] as number
-  t.ok(first >= 2 && first <= 3, `Retry-After is the seconds until half-open (2.5 s ⇒ 2–3), got ${first}`)
+    const retryAfters: number[] = []
+    for (let i = 0; i < 5; i++) {
+      const started = performance.now()
+      const res = await chat(proxy.url, FLAKY)
+      const elapsed = performance.now() - started
+      t.ok(elapsed < 250, `open breaker answers at once (${Math.round(elapsed)} ms; the upstream takes 400 ms)`)
+      t.equal(res.headers['x-proxy-attempts'], '0', 'no attempt was made')
+      retryAfters.push(Number(res.headers['retry-after']))
+      await expectErrorShape(t, res, { status: 503, type: 'server_error', code: 'circuit_open' })
+    }
+    t.equal(countFor(upstream, FLAKY), 4, 'the upstream received nothing while the breaker was open')
+    const first = retryAfters[0] as number
+    t.ok(first >= 2 && first <= 3, `Retry-After is the seconds until half-open (2.5 s ⇒ 2–3), got ${first}`)
 
-  await sleep(1100)
-  const later = await chat(proxy.url, FLAKY)
-  const laterRetryAfter = Number(later.headers['retry-after'])
-  await expectErrorShape(t, later, { status: 503, code: 'circuit_open' })
-  t.ok(laterRetryAfter >= 1 && laterRetryAfter < first, `Retry-After counts down (${first} → ${laterRetryAfter})`)
-  t.equal(countFor(upstream, FLAKY), 4, 'still no upstream request')
-})
+    await sleep(1100)
+    const later = await chat(proxy.url, FLAKY)
+    const laterRetryAfter = Number(later.headers['retry-after'])
+    await expectErrorShape(t, later, { status: 503, code: 'circuit_open' })
+    t.ok(laterRetryAfter >= 1 && laterRetryAfter < first, `Retry-After counts down (${first} → ${laterRetryAfter})`)
+    t.equal(countFor(upstream, FLAKY), 4, 'still no upstream request')
+  },
+)
 
 t.test('2xx–4xx, 429 included, never count as breaker failures', async (t) => {
   const script: Array<[number, string, string]> = [
@@ -290,7 +296,10 @@ t.test('half-open lets exactly one probe through; its success closes the breaker
   t.equal(served.length, 1, 'the probe was served')
   t.equal(served[0]?.headers['x-proxy-model'], FLAKY, 'by the model itself')
   t.equal(rejected.length, 9, 'the other nine got 503 circuit_open')
-  t.ok(rejected.every((r) => r.headers['x-should-retry'] === 'false' && Number(r.headers['retry-after']) >= 1), 'with Retry-After and x-should-retry: false')
+  t.ok(
+    rejected.every((r) => r.headers['x-should-retry'] === 'false' && Number(r.headers['retry-after']) >= 1),
+    'with Retry-After and x-should-retry: false',
+  )
 
   t.equal((await breakerStates(proxy.url))[FLAKY], 'closed', 'a successful probe closes the breaker')
   t.equal(stateGauge(await metricsText(proxy.url), FLAKY), 0, '/metrics: breaker_state 0 (closed)')
@@ -330,7 +339,11 @@ t.test('a failed probe re-opens the breaker with a fresh wait', async (t) => {
   const waited = performance.now() - reopenedAt
   t.ok(waited >= resetTimeoutMs - 150, `the second wait was a full reset timeout (${Math.round(waited)} ms)`)
   t.equal(countFor(upstream, FLAKY), 5, 'nothing reached the upstream during the second wait')
-  t.same(transitions(proxy, FLAKY), ['closed->open', 'open->half_open', 'half_open->open', 'open->half_open'], 'every change logged in order')
+  t.same(
+    transitions(proxy, FLAKY),
+    ['closed->open', 'open->half_open', 'half_open->open', 'open->half_open'],
+    'every change logged in order',
+  )
 })
 
 t.test('a probe the client abandons does not close the breaker: it re-opens for another wait', async (t) => {
@@ -339,7 +352,10 @@ t.test('a probe the client abandons does not close the breaker: it re-opens for 
     if (index === 4) return new Promise((resolve) => res.on('close', resolve)) // the probe: silent
     return sendJson(res, 200, completion(FLAKY))
   })
-  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { breaker: { ...BREAKER, resetTimeoutMs: 400 }, retry: ONE_ATTEMPT } })
+  const proxy = await startProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { breaker: { ...BREAKER, resetTimeoutMs: 400 }, retry: ONE_ATTEMPT },
+  })
 
   await trip(proxy, FLAKY)
   await waitFor('half-open', async () => (await breakerStates(proxy.url))[FLAKY] === 'half_open')
@@ -367,7 +383,10 @@ t.test('a failing model never blocks a healthy one', async (t) => {
     if (modelOf(recorded) === FLAKY) return sendJson(res, 503, upstreamError(503, 'service_unavailable'))
     return sendJson(res, 200, completion(HEALTHY))
   })
-  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { breaker: { ...BREAKER, resetTimeoutMs: 10000 }, retry: ONE_ATTEMPT } })
+  const proxy = await startProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { breaker: { ...BREAKER, resetTimeoutMs: 10000 }, retry: ONE_ATTEMPT },
+  })
 
   const flaky: Array<{ status: number; code: string | undefined }> = []
   let healthyOk = 0
@@ -401,8 +420,14 @@ t.test('a failing model never blocks a healthy one', async (t) => {
       return { model, status: res.statusCode }
     }),
   )
-  t.ok(burst.filter((r) => r.model === HEALTHY).every((r) => r.status === 200), 'concurrent burst: every healthy request is 200')
-  t.ok(burst.filter((r) => r.model === FLAKY).every((r) => r.status === 503), 'and every failing-model request is 503')
+  t.ok(
+    burst.filter((r) => r.model === HEALTHY).every((r) => r.status === 200),
+    'concurrent burst: every healthy request is 200',
+  )
+  t.ok(
+    burst.filter((r) => r.model === FLAKY).every((r) => r.status === 503),
+    'and every failing-model request is 503',
+  )
   t.equal(countFor(upstream, HEALTHY), 40, 'the healthy model got all 40')
   t.equal(countFor(upstream, FLAKY), 4, 'the failing model got no more')
 })
@@ -412,7 +437,11 @@ t.test('breaker registry (unit)', async (t) => {
   const boom = () => Promise.reject(new Error('boom'))
   const ok = () => Promise.resolve('ok')
   const judge = (error: unknown) =>
-    error instanceof Error && error.message === 'boom' ? ('failure' as const) : error instanceof Error && error.message === 'client left' ? ('neutral' as const) : ('not_failure' as const)
+    error instanceof Error && error.message === 'boom'
+      ? ('failure' as const)
+      : error instanceof Error && error.message === 'client left'
+        ? ('neutral' as const)
+        : ('not_failure' as const)
   const now = () => Date.now()
   const fail = (registry: ReturnType<typeof createBreakerRegistry>, key: string) => registry.run(key, boom).catch(() => undefined)
 
@@ -421,7 +450,10 @@ t.test('breaker registry (unit)', async (t) => {
     t.teardown(() => registry.shutdown())
     const results: unknown[] = []
     for (let i = 0; i < 50; i++) results.push(await registry.run(`vendor/model-${i}`, ok))
-    t.ok(results.every((r) => r === 'ok'), 'every run went through its own breaker')
+    t.ok(
+      results.every((r) => r === 'ok'),
+      'every run went through its own breaker',
+    )
     const keys = Object.keys(registry.states())
     t.ok(keys.length <= 5, `states() holds ${keys.length} keys after 50 distinct ids`)
     t.ok(keys.includes('vendor/model-49'), 'the most recent id is kept')
@@ -442,7 +474,10 @@ t.test('breaker registry (unit)', async (t) => {
       .run('vendor/down', async () => {
         called = true
       })
-      .then(() => undefined, (error: unknown) => error)
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      )
     t.ok(refusal instanceof BreakerOpenError, 'still refuses with BreakerOpenError')
     t.equal((refusal as BreakerOpenError).key, 'vendor/down', 'naming the key')
     t.notOk(called, 'without running the task')

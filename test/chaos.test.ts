@@ -34,7 +34,12 @@ t.test('chaos: 20 % random upstream failures, ≥ 98.5 % client success, ≤ 1.3
       const pick = faults()
       if (pick < 0.2) {
         kinds['429'] += 1
-        return sendJson(res, 429, { error: { message: 'Rate limited', type: 'rate_limit_error', code: 'rate_limit_exceeded' } }, { 'retry-after-ms': '20' })
+        return sendJson(
+          res,
+          429,
+          { error: { message: 'Rate limited', type: 'rate_limit_error', code: 'rate_limit_exceeded' } },
+          { 'retry-after-ms': '20' },
+        )
       }
       if (pick < 0.5) {
         const status = ([500, 502, 503] as const)[Math.floor(faults() * 3)] ?? 503
@@ -91,7 +96,9 @@ t.test('chaos: 20 % random upstream failures, ≥ 98.5 % client success, ≤ 1.3
   const succeeded = results.filter(Boolean).length
   const attempts = upstream.requests.length
   const successRate = succeeded / REQUESTS
-  t.comment(`seed ${seed}: ${succeeded}/${REQUESTS} succeeded, ${attempts} upstream attempts (${(attempts / REQUESTS).toFixed(2)} per request), faults ${JSON.stringify(kinds)}`)
+  t.comment(
+    `seed ${seed}: ${succeeded}/${REQUESTS} succeeded, ${attempts} upstream attempts (${(attempts / REQUESTS).toFixed(2)} per request), faults ${JSON.stringify(kinds)}`,
+  )
   t.ok(successRate >= 0.985, `client success ${(successRate * 100).toFixed(1)} % ≥ 98.5 %`)
   t.ok(attempts <= 1.35 * REQUESTS, `upstream attempts ${attempts} ≤ 1.35 × ${REQUESTS}`)
   t.ok(kinds.ok + kinds['429'] + kinds['500'] + kinds['502'] + kinds['503'] + kinds.reset + kinds.stall === attempts)

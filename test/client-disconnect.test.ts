@@ -57,11 +57,19 @@ function watch(req: IncomingMessage, res: ServerResponse, side: UpstreamSide): v
   })
 }
 
-const newSide = (): UpstreamSide => ({ receivedAt: undefined, socketClosedAt: undefined, resClosedAt: undefined, resDestroyed: undefined, resFinished: undefined })
+const newSide = (): UpstreamSide => ({
+  receivedAt: undefined,
+  socketClosedAt: undefined,
+  resClosedAt: undefined,
+  resDestroyed: undefined,
+  resFinished: undefined,
+})
 
 async function endingCount(proxy: TestProxy, ending: string): Promise<number> {
   const res = await request(`${proxy.url}/metrics`)
-  const line = (await res.body.text()).split('\n').find((l) => l.startsWith('toprouter_proxy_stream_endings_total{') && l.includes(`ending="${ending}"`))
+  const line = (await res.body.text())
+    .split('\n')
+    .find((l) => l.startsWith('toprouter_proxy_stream_endings_total{') && l.includes(`ending="${ending}"`))
   return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1))
 }
 
@@ -99,7 +107,11 @@ t.test('mid-stream: a client that disconnects after the first event aborts the u
 
       // node:http with no agent: destroying the request destroys this one connection.
       const goneAt = await new Promise<number>((resolve, reject) => {
-        const req = httpRequest(`${proxy.url}/chat/completions`, { method: 'POST', agent: false, headers: { ...auth, 'content-type': 'application/json' } })
+        const req = httpRequest(`${proxy.url}/chat/completions`, {
+          method: 'POST',
+          agent: false,
+          headers: { ...auth, 'content-type': 'application/json' },
+        })
         req.on('error', () => {})
         req.on('response', (res) => {
           if (res.statusCode !== 200) reject(new Error(`status ${res.statusCode}`))
@@ -130,22 +142,34 @@ t.test('before the commit: a client abort closes the upstream connection within 
   const scenarios: Array<[string, boolean, (res: ServerResponse) => Promise<void>]> = [
     // The brief's case (b): a non-streaming call whose upstream has not answered yet.
     ['non-streaming, no upstream headers yet', false, (res) => closed(res)],
-    ['non-streaming, upstream headers sent, body stalled', false, async (res) => {
-      res.writeHead(200, { 'content-type': 'application/json' })
-      res.flushHeaders()
-      res.write('{"id":"gen-123",')
-      await closed(res)
-    }],
+    [
+      'non-streaming, upstream headers sent, body stalled',
+      false,
+      async (res) => {
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.flushHeaders()
+        res.write('{"id":"gen-123",')
+        await closed(res)
+      },
+    ],
     ['streaming, no upstream headers yet', true, (res) => closed(res)],
-    ['streaming, upstream headers sent, no first event yet', true, async (res) => {
-      openStream(res)
-      await closed(res)
-    }],
-    ['streaming, only a keep-alive comment so far', true, async (res) => {
-      openStream(res)
-      res.write(': OPENROUTER PROCESSING\n\n')
-      await closed(res)
-    }],
+    [
+      'streaming, upstream headers sent, no first event yet',
+      true,
+      async (res) => {
+        openStream(res)
+        await closed(res)
+      },
+    ],
+    [
+      'streaming, only a keep-alive comment so far',
+      true,
+      async (res) => {
+        openStream(res)
+        res.write(': OPENROUTER PROCESSING\n\n')
+        await closed(res)
+      },
+    ],
   ]
   for (const [name, stream, script] of scenarios) {
     t.test(name, async (t) => {
@@ -161,10 +185,12 @@ t.test('before the commit: a client abort closes the upstream connection within 
         headers: { ...auth, 'content-type': 'application/json' },
         body: chatBody(stream),
         signal: controller.signal,
-      }).then(
-        (res) => res.body.text(),
-        (err: unknown) => err,
-      ).catch((err: unknown) => err)
+      })
+        .then(
+          (res) => res.body.text(),
+          (err: unknown) => err,
+        )
+        .catch((err: unknown) => err)
       await sleep(200)
       t.equal(side.socketClosedAt, undefined, 'the upstream connection is still open before the abort')
       t.equal(upstream.requests.length, 1, 'the request reached the upstream')
@@ -183,7 +209,12 @@ t.test('before the commit: a client abort closes the upstream connection within 
 t.test('during a backoff wait: a client abort cancels the pending retry — no further upstream attempt', { jobs: 2 }, async (t) => {
   const scenario = async (t: Test, stream: boolean) => {
     const upstream = await startFakeUpstream(t, (_req, res) =>
-      sendJson(res, 503, { error: { message: 'Service temporarily unavailable', type: 'server_error', code: 'service_unavailable' } }, { 'retry-after': '2' }),
+      sendJson(
+        res,
+        503,
+        { error: { message: 'Service temporarily unavailable', type: 'server_error', code: 'service_unavailable' } },
+        { 'retry-after': '2' },
+      ),
     )
     const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { retry: { maxAttempts: 3 } } })
     const controller = new AbortController()
@@ -199,7 +230,7 @@ t.test('during a backoff wait: a client abort cancels the pending retry — no f
     t.ok(Number(retrying[0]?.delayMs) >= 1900, `for the upstream's Retry-After (${String(retrying[0]?.delayMs)} ms)`)
     t.equal(upstream.requests.length, 1, 'one attempt so far')
     controller.abort()
-    t.equal((await outcome as { name?: unknown }).name, 'AbortError')
+    t.equal(((await outcome) as { name?: unknown }).name, 'AbortError')
     await sleep(2500) // past the 2 s the retry would have waited
     t.equal(upstream.requests.length, 1, 'no further attempt after the client left')
     t.equal(proxy.logLines().filter((line) => line.msg === 'retrying').length, 1, 'no further retry scheduled')
@@ -209,35 +240,38 @@ t.test('during a backoff wait: a client abort cancels the pending retry — no f
   t.test('streaming', (t) => scenario(t, true))
 })
 
-t.test(
-  'a request whose client left is still logged and counted',
-  async (t) => {
-    const requestLines = (proxy: TestProxy) => proxy.logLines().filter((line) => line.msg === 'request')
-    const requestsTotal = async (proxy: TestProxy, status: string) => {
-      const res = await request(`${proxy.url}/metrics`)
-      return (await res.body.text()).split('\n').some((l) => l.startsWith('toprouter_proxy_requests_total{') && l.includes(`status="${status}"`))
-    }
-    for (const [name, script] of [
-      ['before the upstream answered', (res: ServerResponse) => closed(res)],
-      ['during a Retry-After backoff', (res: ServerResponse) => sendJson(res, 503, { error: { message: 'busy', type: 'server_error', code: 'service_unavailable' } }, { 'retry-after': '2' })],
-    ] as const) {
-      t.test(name, async (t) => {
-        const upstream = await startFakeUpstream(t, (_req, res) => script(res))
-        const proxy = await startProxy(t, { upstreamUrl: upstream.url })
-        const controller = new AbortController()
-        const outcome = request(`${proxy.url}/chat/completions`, {
-          method: 'POST',
-          headers: { ...auth, 'content-type': 'application/json' },
-          body: chatBody(false),
-          signal: controller.signal,
-        }).catch((err: unknown) => err)
-        await sleep(200)
-        controller.abort()
-        await outcome
-        t.ok(await until(() => requestLines(proxy).length === 1, 300), 'one request log line, soon after the client left')
-        t.equal(requestLines(proxy)[0]?.status, 499, 'with status 499 client_closed_request')
-        t.ok(await requestsTotal(proxy, '499'), 'toprouter_proxy_requests_total{status="499"}')
-      })
-    }
-  },
-)
+t.test('a request whose client left is still logged and counted', async (t) => {
+  const requestLines = (proxy: TestProxy) => proxy.logLines().filter((line) => line.msg === 'request')
+  const requestsTotal = async (proxy: TestProxy, status: string) => {
+    const res = await request(`${proxy.url}/metrics`)
+    return (await res.body.text())
+      .split('\n')
+      .some((l) => l.startsWith('toprouter_proxy_requests_total{') && l.includes(`status="${status}"`))
+  }
+  for (const [name, script] of [
+    ['before the upstream answered', (res: ServerResponse) => closed(res)],
+    [
+      'during a Retry-After backoff',
+      (res: ServerResponse) =>
+        sendJson(res, 503, { error: { message: 'busy', type: 'server_error', code: 'service_unavailable' } }, { 'retry-after': '2' }),
+    ],
+  ] as const) {
+    t.test(name, async (t) => {
+      const upstream = await startFakeUpstream(t, (_req, res) => script(res))
+      const proxy = await startProxy(t, { upstreamUrl: upstream.url })
+      const controller = new AbortController()
+      const outcome = request(`${proxy.url}/chat/completions`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/json' },
+        body: chatBody(false),
+        signal: controller.signal,
+      }).catch((err: unknown) => err)
+      await sleep(200)
+      controller.abort()
+      await outcome
+      t.ok(await until(() => requestLines(proxy).length === 1, 300), 'one request log line, soon after the client left')
+      t.equal(requestLines(proxy)[0]?.status, 499, 'with status 499 client_closed_request')
+      t.ok(await requestsTotal(proxy, '499'), 'toprouter_proxy_requests_total{status="499"}')
+    })
+  }
+})

@@ -42,7 +42,13 @@ t.test('precedence: defaults < file < environment < flags', async (t) => {
   t.equal(fileOnly.listen.port, 9000)
   t.equal(fileOnly.upstream.baseUrl, 'http://file.example', 'a trailing slash is trimmed')
   t.equal(fileOnly.log.level, 'warn')
-  const withEnv = fromYaml(yaml, { PORT: '9100', HOST: '0.0.0.0', TOPROUTER_BASE_URL: 'http://env.example', LOG_LEVEL: 'DEBUG', TOPROUTER_API_KEY: 'sk-env' })
+  const withEnv = fromYaml(yaml, {
+    PORT: '9100',
+    HOST: '0.0.0.0',
+    TOPROUTER_BASE_URL: 'http://env.example',
+    LOG_LEVEL: 'DEBUG',
+    TOPROUTER_API_KEY: 'sk-env',
+  })
   t.same(withEnv.listen, { host: '0.0.0.0', port: 9100 })
   t.equal(withEnv.upstream.baseUrl, 'http://env.example')
   t.equal(withEnv.log.level, 'debug')
@@ -51,27 +57,78 @@ t.test('precedence: defaults < file < environment < flags', async (t) => {
   t.same(withFlags.listen, { host: '::1', port: 9200 })
   t.equal(withFlags.upstream.baseUrl, 'https://flag.example/prefix')
   t.equal(fromYaml('').listen.port, 8787, 'an empty file is all defaults')
-  const viaEnvPath = loadConfig({ env: { TOPROUTER_PROXY_CONFIG: 'x.yaml' }, readFile: (p) => (p === 'x.yaml' ? 'listen: { port: 1234 }' : '') })
+  const viaEnvPath = loadConfig({
+    env: { TOPROUTER_PROXY_CONFIG: 'x.yaml' },
+    readFile: (p) => (p === 'x.yaml' ? 'listen: { port: 1234 }' : ''),
+  })
   t.equal(viaEnvPath.listen.port, 1234, 'TOPROUTER_PROXY_CONFIG names the file')
 })
 
 const badConfigs: Array<{ name: string; load: () => unknown; message: RegExp }> = [
-  { name: 'a non-numeric PORT', load: () => fromYaml('', { PORT: 'eighty' }), message: /listen\.port must be a whole number, found "eighty" \(from environment variable PORT\)/ },
-  { name: 'a port out of range from a flag', load: () => fromYaml('', {}, { port: '70000' }), message: /listen\.port must be a number <= 65535, found 70000 \(from flag --port\)/ },
-  { name: 'a negative timeout in the file', load: () => fromYaml('upstream: { connectTimeoutMs: -5 }'), message: /upstream\.connectTimeoutMs must be a number >= 1, found -5 \(in cfg\.yaml\)/ },
-  { name: 'a fractional attempt count', load: () => fromYaml('retry: { maxAttempts: 2.5 }'), message: /retry\.maxAttempts must be a whole number, found 2\.5/ },
-  { name: 'a string where a number goes', load: () => fromYaml('breaker: { resetTimeoutMs: "30s" }'), message: /breaker\.resetTimeoutMs must be a whole number, found "30s"/ },
-  { name: 'a non-http base URL', load: () => fromYaml('', { TOPROUTER_BASE_URL: 'ftp://x' }), message: /upstream\.baseUrl must be an http:\/\/ or https:\/\/ URL.*found "ftp:\/\/x"/ },
-  { name: 'an unknown log level', load: () => fromYaml('log: { level: loud }'), message: /log\.level must be one of fatal, error, warn, info, debug, trace, silent, found "loud"/ },
-  { name: 'a misspelt key', load: () => fromYaml('retry: { maxAttempt: 3 }'), message: /unknown key "retry\.maxAttempt" \(known keys here: maxAttempts/ },
+  {
+    name: 'a non-numeric PORT',
+    load: () => fromYaml('', { PORT: 'eighty' }),
+    message: /listen\.port must be a whole number, found "eighty" \(from environment variable PORT\)/,
+  },
+  {
+    name: 'a port out of range from a flag',
+    load: () => fromYaml('', {}, { port: '70000' }),
+    message: /listen\.port must be a number <= 65535, found 70000 \(from flag --port\)/,
+  },
+  {
+    name: 'a negative timeout in the file',
+    load: () => fromYaml('upstream: { connectTimeoutMs: -5 }'),
+    message: /upstream\.connectTimeoutMs must be a number >= 1, found -5 \(in cfg\.yaml\)/,
+  },
+  {
+    name: 'a fractional attempt count',
+    load: () => fromYaml('retry: { maxAttempts: 2.5 }'),
+    message: /retry\.maxAttempts must be a whole number, found 2\.5/,
+  },
+  {
+    name: 'a string where a number goes',
+    load: () => fromYaml('breaker: { resetTimeoutMs: "30s" }'),
+    message: /breaker\.resetTimeoutMs must be a whole number, found "30s"/,
+  },
+  {
+    name: 'a non-http base URL',
+    load: () => fromYaml('', { TOPROUTER_BASE_URL: 'ftp://x' }),
+    message: /upstream\.baseUrl must be an http:\/\/ or https:\/\/ URL.*found "ftp:\/\/x"/,
+  },
+  {
+    name: 'an unknown log level',
+    load: () => fromYaml('log: { level: loud }'),
+    message: /log\.level must be one of fatal, error, warn, info, debug, trace, silent, found "loud"/,
+  },
+  {
+    name: 'a misspelt key',
+    load: () => fromYaml('retry: { maxAttempt: 3 }'),
+    message: /unknown key "retry\.maxAttempt" \(known keys here: maxAttempts/,
+  },
   { name: 'an unknown section', load: () => fromYaml('retries: {}'), message: /unknown key "retries"/ },
-  { name: 'a fallback list that is not a list', load: () => fromYaml('fallbacks: { "a/b": "c/d" }'), message: /fallbacks\.a~1b must be a array|fallbacks.*must be/ },
-  { name: 'a model falling back to itself', load: () => fromYaml('fallbacks: { "a/b": ["a/b"] }'), message: /must not list the model itself/ },
+  {
+    name: 'a fallback list that is not a list',
+    load: () => fromYaml('fallbacks: { "a/b": "c/d" }'),
+    message: /fallbacks\.a~1b must be a array|fallbacks.*must be/,
+  },
+  {
+    name: 'a model falling back to itself',
+    load: () => fromYaml('fallbacks: { "a/b": ["a/b"] }'),
+    message: /must not list the model itself/,
+  },
   { name: 'a secret in the file', load: () => fromYaml('upstream: { apiKey: sk-oops }'), message: /secrets come from the environment/ },
   { name: 'YAML that is a list', load: () => fromYaml('- a\n- b'), message: /must hold a YAML mapping/ },
   { name: 'broken YAML', load: () => fromYaml('listen: { port: [1, }'), message: /is not valid YAML/ },
-  { name: 'a missing file', load: () => loadConfig({ configPath: '/nonexistent/config.yaml' }), message: /cannot read config file \/nonexistent\/config\.yaml/ },
-  { name: 'a key with a space', load: () => fromYaml('', { TOPROUTER_API_KEY: 'sk-a b' }), message: /TOPROUTER_API_KEY must be printable ASCII/ },
+  {
+    name: 'a missing file',
+    load: () => loadConfig({ configPath: '/nonexistent/config.yaml' }),
+    message: /cannot read config file \/nonexistent\/config\.yaml/,
+  },
+  {
+    name: 'a key with a space',
+    load: () => fromYaml('', { TOPROUTER_API_KEY: 'sk-a b' }),
+    message: /TOPROUTER_API_KEY must be printable ASCII/,
+  },
 ]
 
 for (const c of badConfigs) {
@@ -110,7 +167,10 @@ t.test('CLI: --help, --version and --check-config', async (t) => {
   t.match(help.stdout, /--check-config/)
   const version = cli(['--version'])
   t.equal(version.status, 0)
-  t.equal(version.stdout.trim(), (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version)
+  t.equal(
+    version.stdout.trim(),
+    (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version,
+  )
   const check = cli(['--check-config', '--upstream', 'http://127.0.0.1:1'], { TOPROUTER_API_KEY: 'sk-check-canary-123456' })
   t.equal(check.status, 0)
   t.match(check.stdout, /config ok/)

@@ -1,6 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { type ChildProcess, spawn } from 'node:child_process'
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { createServer, type AddressInfo } from 'node:net'
+import { type AddressInfo, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -120,12 +120,15 @@ function splitWords(text: string): string[] {
 
 /** `$NAME`, `${NAME}` and `${NAME:-default}` from the given variables. */
 function substitute(text: string, vars: Readonly<Record<string, string>>): string {
-  return text.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g, (whole, braced?: string, fallback?: string, bare?: string) => {
-    const name = braced ?? bare ?? ''
-    const value = vars[name]
-    if (value !== undefined && value !== '') return value
-    return fallback ?? whole
-  })
+  return text.replace(
+    /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g,
+    (whole, braced?: string, fallback?: string, bare?: string) => {
+      const name = braced ?? bare ?? ''
+      const value = vars[name]
+      if (value !== undefined && value !== '') return value
+      return fallback ?? whole
+    },
+  )
 }
 
 /** JSON array → exec form; anything else → shell form, run by /bin/sh -c like Docker does. */
@@ -356,9 +359,7 @@ const runtime = finalStage === undefined ? undefined : describeRuntimeStage(fina
 t.test('the Dockerfile is a multi-stage build that compiles in an earlier stage', async (t) => {
   t.ok(dockerfile.stages.length >= 2, `at least two FROM stages (found ${dockerfile.stages.length})`)
   const buildStages = dockerfile.stages.slice(0, -1)
-  const compiles = buildStages.some((stage) =>
-    stage.instructions.some((i) => i.keyword === 'RUN' && /\bnpm run build\b/.test(i.args)),
-  )
+  const compiles = buildStages.some((stage) => stage.instructions.some((i) => i.keyword === 'RUN' && /\bnpm run build\b/.test(i.args)))
   t.ok(compiles, 'an earlier stage runs npm run build')
   const stageRefs = new Set(buildStages.flatMap((stage, index) => [String(index), ...(stage.name === undefined ? [] : [stage.name])]))
   const distFromBuild = (runtime?.copies ?? []).find((copy) => {
@@ -410,8 +411,14 @@ t.test('the runtime ENV listens on all interfaces on port 8787', async (t) => {
   t.equal(runtime?.env.HOST, '0.0.0.0')
   t.equal(runtime?.env.PORT, '8787')
   t.equal(runtime?.env.NODE_ENV, 'production')
-  t.ok(runtime?.expose.some((port) => port.replace(/\/tcp$/, '') === runtime.env.PORT), 'EXPOSE matches PORT')
-  t.notOk(Object.keys(runtime?.env ?? {}).some((name) => /KEY|TOKEN|SECRET/i.test(name)), 'no secret is baked into the image')
+  t.ok(
+    runtime?.expose.some((port) => port.replace(/\/tcp$/, '') === runtime.env.PORT),
+    'EXPOSE matches PORT',
+  )
+  t.notOk(
+    Object.keys(runtime?.env ?? {}).some((name) => /KEY|TOKEN|SECRET/i.test(name)),
+    'no secret is baked into the image',
+  )
 })
 
 t.test('the runtime stage installs production dependencies only, from the lockfile', async (t) => {
@@ -470,7 +477,11 @@ t.test('the runtime stage, replayed on npm pack output, serves and shuts down cl
     t.ok(packedFiles.includes('dist/main.js'), 'the package contains dist/main.js')
     t.ok(packedFiles.includes(cmd.argv[1] ?? ''), `the package contains the CMD entry point ${cmd.argv[1]}`)
     t.ok(packedFiles.includes('package.json'), 'the package contains package.json (main.ts reads its version)')
-    t.same(packedFiles.filter((path) => /^(src|test|bench)\//.test(path)), [], 'sources, tests and benchmarks are not shipped')
+    t.same(
+      packedFiles.filter((path) => /^(src|test|bench)\//.test(path)),
+      [],
+      'sources, tests and benchmarks are not shipped',
+    )
   })
 
   const tar = await run(['tar', '-xzf', join(packDir, packed.filename), '-C', appDir, '--strip-components=1'], {
@@ -488,7 +499,11 @@ t.test('the runtime stage, replayed on npm pack output, serves and shuts down cl
       // A private npm cache: the RUN lines may `npm cache clean --force`, which must not wipe the host's.
       const env = { ...hostEnv, ...step.env, npm_config_cache: join(tmp, 'npm-cache') }
       const result = await run(step.command.argv, { cwd: appDir, env, timeoutMs: 240_000 })
-      t.equal(result.code, 0, `RUN ${step.command.argv.join(' ')} exits 0${result.code === 0 ? '' : `\n${result.stdout}\n${result.stderr}`}`)
+      t.equal(
+        result.code,
+        0,
+        `RUN ${step.command.argv.join(' ')} exits 0${result.code === 0 ? '' : `\n${result.stdout}\n${result.stderr}`}`,
+      )
       t.notOk(result.timedOut, 'within the time limit')
     }
     const nodeModules = join(appDir, 'node_modules')
@@ -629,7 +644,7 @@ t.test('the runtime stage, replayed on npm pack output, serves and shuts down cl
     t.match(stdout, /drain/, 'the drain is logged')
   })
 
-  await t.test("the HEALTHCHECK command fails once the proxy is gone", async (t) => {
+  await t.test('the HEALTHCHECK command fails once the proxy is gone', async (t) => {
     const healthcheck = runtime.healthcheck
     if (healthcheck === undefined || healthcheck === 'NONE') {
       t.fail('the Dockerfile has a HEALTHCHECK command')

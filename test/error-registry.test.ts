@@ -13,7 +13,12 @@ function tableRows(marker: string): string[][] {
     .slice(start, end)
     .split('\n')
     .filter((line) => /^\|\s*\d{3}\s*\|/.test(line))
-    .map((line) => line.split('|').slice(1, -1).map((cell) => cell.trim().replace(/`/g, '')))
+    .map((line) =>
+      line
+        .split('|')
+        .slice(1, -1)
+        .map((cell) => cell.trim().replace(/`/g, '')),
+    )
 }
 
 t.test("the README's table of proxy errors and the registry agree, both ways", async (t) => {
@@ -31,7 +36,10 @@ t.test("the README's upstream defaults table and the normaliser agree, both ways
     t.equal(defaultCodeForStatus(Number(status)), code, `${status}: default code`)
   }
   for (const status of [400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 502, 503, 504]) {
-    t.ok(rows.some(([documented]) => Number(documented) === status), `${status} is documented`)
+    t.ok(
+      rows.some(([documented]) => Number(documented) === status),
+      `${status} is documented`,
+    )
   }
 })
 

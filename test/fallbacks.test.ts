@@ -1,8 +1,17 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import t from 'tap'
-import { request, type Dispatcher } from 'undici'
+import { type Dispatcher, request } from 'undici'
 import { expectErrorShape } from './helpers/assert-error.js'
-import { chunkEvent, completion, sendJson, sendSse, sleep, startFakeUpstream, type FakeUpstream, type RecordedRequest } from './helpers/fake-upstream.js'
+import {
+  chunkEvent,
+  completion,
+  type FakeUpstream,
+  type RecordedRequest,
+  sendJson,
+  sendSse,
+  sleep,
+  startFakeUpstream,
+} from './helpers/fake-upstream.js'
 import { startProxy, type TestProxy } from './helpers/proxy.js'
 
 /**
@@ -26,14 +35,18 @@ const CALM_BREAKER = { volumeThreshold: 1000, errorThresholdPercentage: 50, roll
 type ModelHandler = (res: ServerResponse, recorded: RecordedRequest, nth: number, req: IncomingMessage) => unknown
 
 /** An upstream that routes on the body's `model`; `nth` counts that model's requests from 1. */
-async function modelRoutedUpstream(t: Parameters<typeof startFakeUpstream>[0], handlers: Record<string, ModelHandler>): Promise<FakeUpstream> {
+async function modelRoutedUpstream(
+  t: Parameters<typeof startFakeUpstream>[0],
+  handlers: Record<string, ModelHandler>,
+): Promise<FakeUpstream> {
   const seen = new Map<string, number>()
   return startFakeUpstream(t, (req, res, recorded) => {
     const model = modelOf(recorded) ?? ''
     const nth = (seen.get(model) ?? 0) + 1
     seen.set(model, nth)
     const handler = handlers[model]
-    if (handler === undefined) return sendJson(res, 404, { error: { message: `Model not found: ${model}`, type: 'not_found_error', code: 'model_not_found' } })
+    if (handler === undefined)
+      return sendJson(res, 404, { error: { message: `Model not found: ${model}`, type: 'not_found_error', code: 'model_not_found' } })
     return handler(res, recorded, nth, req)
   })
 }
@@ -178,7 +191,11 @@ t.test('per-request `fallbacks`: tried before the configured ones, stripped befo
   for (const recorded of upstream.requests) {
     const body = parsedBody(recorded)
     t.notOk('fallbacks' in body, `${String(body.model)}: no \`fallbacks\` field upstream`)
-    t.same(body, { model: body.model, messages: MESSAGES, temperature: 0.3, metadata: { k: 'v' } }, `${String(body.model)}: every other field kept`)
+    t.same(
+      body,
+      { model: body.model, messages: MESSAGES, temperature: 0.3, metadata: { k: 'v' } },
+      `${String(body.model)}: every other field kept`,
+    )
   }
   const metrics = await metricsText(proxy)
   t.equal(fallbackCount(metrics, PRIMARY, EXTRA), 1, '/metrics: primary → request fallback')
@@ -209,7 +226,11 @@ t.test('an open breaker on the primary moves on at once without contacting it', 
 
   const trips = await Promise.all([1, 2, 3, 4].map(() => chat(proxy.url, { model: PRIMARY, messages: MESSAGES })))
   for (const r of trips) await r.body.dump()
-  t.same(trips.map((r) => r.statusCode), [500, 500, 500, 500], 'four failures, no fallbacks yet')
+  t.same(
+    trips.map((r) => r.statusCode),
+    [500, 500, 500, 500],
+    'four failures, no fallbacks yet',
+  )
   t.equal((await breakerStates(proxy))[PRIMARY], 'open', 'the primary’s breaker is open')
 
   const started = performance.now()
@@ -245,7 +266,11 @@ t.test('half-open with a fallback: exactly one probe reaches the primary, the ot
 
   const trips = await Promise.all([1, 2, 3, 4].map(() => chat(proxy.url, { model: PRIMARY, messages: MESSAGES })))
   for (const r of trips) await r.body.dump()
-  t.same(trips.map((r) => r.headers['x-proxy-model']), [BACKUP, BACKUP, BACKUP, BACKUP], 'while tripping, every request fell back')
+  t.same(
+    trips.map((r) => r.headers['x-proxy-model']),
+    [BACKUP, BACKUP, BACKUP, BACKUP],
+    'while tripping, every request fell back',
+  )
   t.equal((await breakerStates(proxy))[PRIMARY], 'open', 'the primary’s breaker is open')
   await waitFor('half-open', async () => (await breakerStates(proxy))[PRIMARY] === 'half_open')
 
@@ -258,7 +283,10 @@ t.test('half-open with a fallback: exactly one probe reaches the primary, the ot
   )
   t.equal(countFor(upstream, PRIMARY), 5, 'exactly one probe reached the primary')
   t.equal(countFor(upstream, BACKUP), 4 + 9, 'the other nine went to the fallback')
-  t.ok(results.every((r) => r.status === 200), 'all ten were served')
+  t.ok(
+    results.every((r) => r.status === 200),
+    'all ten were served',
+  )
   t.equal(results.filter((r) => r.servedBy === PRIMARY).length, 1, 'one by the primary (the probe)')
   t.equal(results.filter((r) => r.servedBy === BACKUP).length, 9, 'nine by the fallback')
   t.equal((await breakerStates(proxy))[PRIMARY], 'closed', 'the successful probe closed the breaker')
@@ -283,7 +311,7 @@ t.test('first-byte timeout on a stream: with a fallback, one attempt and move on
     const text = await res.body.text()
     t.equal(res.statusCode, 200, `${variant}: served`)
     t.match(res.headers['content-type'], /^text\/event-stream/, `${variant}: as a stream`)
-    t.equal(text, streamEvents.join('') + 'data: [DONE]\n\n', `${variant}: the fallback’s events, its model unchanged, then [DONE]`)
+    t.equal(text, `${streamEvents.join('')}data: [DONE]\n\n`, `${variant}: the fallback’s events, its model unchanged, then [DONE]`)
     t.equal(res.headers['x-proxy-model'], BACKUP, `${variant}: x-proxy-model is the fallback`)
     t.equal(res.headers['x-proxy-attempts'], '2', `${variant}: two attempts in all`)
     t.same(upstream.requests.slice(before).map(modelOf), [PRIMARY, BACKUP], `${variant}: ONE primary attempt although maxAttempts is 3`)
@@ -354,7 +382,10 @@ t.test('other 4xx never fall back: exactly one model tried', async (t) => {
   }
   t.equal(countFor(upstream, BACKUP) + countFor(upstream, EXTRA), 0, 'no fallback model was ever contacted')
   t.notMatch(await metricsText(proxy), /^toprouter_proxy_fallbacks_total\{/m, '/metrics: no fallbacks counted')
-  t.notOk(proxy.logLines().some((l) => l.msg === 'falling back to the next model'), 'no fallback logged')
+  t.notOk(
+    proxy.logLines().some((l) => l.msg === 'falling back to the next model'),
+    'no fallback logged',
+  )
 })
 
 t.test('the deadline covers the whole chain, not each model', async (t) => {
@@ -398,7 +429,11 @@ t.test('each model has its own breaker and its own retry attempts; x-proxy-attem
   t.equal(first.headers['x-proxy-model'], BACKUP, 'by the fallback')
   t.equal(first.headers['x-proxy-attempts'], '6', 'three attempts per model')
   t.same(models(upstream), [PRIMARY, PRIMARY, PRIMARY, BACKUP, BACKUP, BACKUP], 'each model got its own three attempts')
-  t.same(await breakerStates(proxy), { [PRIMARY]: 'closed', [BACKUP]: 'closed' }, 'two breakers, both still closed (3 failures < volumeThreshold 4)')
+  t.same(
+    await breakerStates(proxy),
+    { [PRIMARY]: 'closed', [BACKUP]: 'closed' },
+    'two breakers, both still closed (3 failures < volumeThreshold 4)',
+  )
 
   const second = await chat(proxy.url, { model: PRIMARY, messages: MESSAGES })
   await second.body.dump()

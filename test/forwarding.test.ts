@@ -1,14 +1,14 @@
 import { request as httpRequest } from 'node:http'
 import t from 'tap'
 import { request } from 'undici'
-import { completion, chunkEvent, sendJson, startFakeUpstream } from './helpers/fake-upstream.js'
+import { chunkEvent, completion, sendJson, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startProxy } from './helpers/proxy.js'
 
 const MODEL = 'google/gemini-3.5-flash'
 const auth = { authorization: 'Bearer sk-client-key' }
 
 t.test('a non-streaming completion is forwarded and its body comes back byte-identical', async (t) => {
-  const upstreamBody = JSON.stringify(completion(MODEL)) + '\n'
+  const upstreamBody = `${JSON.stringify(completion(MODEL))}\n`
   const upstream = await startFakeUpstream(t, (_req, res) => {
     res.writeHead(200, {
       'content-type': 'application/json',
@@ -72,7 +72,7 @@ t.test('/v1/chat/completions reaches the same upstream path', async (t) => {
 t.test('an insane client request id is replaced', async (t) => {
   const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 200, completion(MODEL)))
   const proxy = await startProxy(t, { upstreamUrl: upstream.url })
-  const res = await request(`${proxy.url}/healthz`, { headers: { 'x-request-id': 'a b<script>' + 'x'.repeat(300) } })
+  const res = await request(`${proxy.url}/healthz`, { headers: { 'x-request-id': `a b<script>${'x'.repeat(300)}` } })
   await res.body.dump()
   t.match(res.headers['x-request-id'], /^[0-9a-f-]{36}$/)
 })
@@ -119,11 +119,17 @@ t.test('a stream is forwarded event by event as it arrives, not buffered', async
       release()
     }
   }
-  t.equal(received.join(''), events.join('') + 'data: [DONE]\n\n', 'the whole stream is byte-identical')
+  t.equal(received.join(''), `${events.join('')}data: [DONE]\n\n`, 'the whole stream is byte-identical')
 })
 
 t.test('GET /models and /v1/models forward to {baseUrl}/models with the query string', async (t) => {
-  const list = JSON.stringify({ object: 'list', data: [{ id: MODEL, object: 'model' }, { id: 'anthropic/claude-4.6-sonnet', object: 'model' }] })
+  const list = JSON.stringify({
+    object: 'list',
+    data: [
+      { id: MODEL, object: 'model' },
+      { id: 'anthropic/claude-4.6-sonnet', object: 'model' },
+    ],
+  })
   const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 200, list, { 'x-ratelimit-remaining-requests': '7' }))
   const proxy = await startProxy(t, { upstreamUrl: upstream.url })
   for (const path of ['/models?supported_parameters=tools', '/v1/models']) {
@@ -147,10 +153,12 @@ t.test('GET /models/:id finds ids containing a slash, and 404s an absent one', a
   }
   const missing = await request(`${proxy.url}/v1/models/openai/gpt-nope`, { headers: auth })
   t.equal(missing.statusCode, 404)
-  t.same(await missing.body.json(), { error: { message: 'Model not found: openai/gpt-nope', type: 'not_found_error', code: 'model_not_found' } })
+  t.same(await missing.body.json(), {
+    error: { message: 'Model not found: openai/gpt-nope', type: 'not_found_error', code: 'model_not_found' },
+  })
 })
 
-t.test('headers the client\'s Connection header names are not forwarded', async (t) => {
+t.test("headers the client's Connection header names are not forwarded", async (t) => {
   const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 200, completion(MODEL)))
   const proxy = await startProxy(t, { upstreamUrl: upstream.url })
   // undici refuses custom Connection values, so this uses node:http, which sends them as given.

@@ -39,24 +39,95 @@ t.test('requests the proxy refuses get the error shape, nothing reaches the upst
     request(`${proxy.url}${path}`, { method: 'POST', headers: { ...auth, ...headers }, body })
 
   const cases = [
-    { name: 'unknown route', send: () => request(`${proxy.url}/v2/engines`, { headers: auth }), expected: { status: 404, type: 'not_found_error', code: 'route_not_found' } },
-    { name: 'the legacy completions route is not proxied', send: () => post('/completions', '{}'), expected: { status: 404, code: 'route_not_found' } },
-    { name: 'path traversal', send: () => request(`${proxy.url}/v1/../../etc/passwd`, { headers: auth }), expected: { status: 404, code: 'route_not_found' } },
-    { name: 'an absolute URL is not an open proxy', send: () => rawExchange(proxy.url, 'GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n'), raw: /^HTTP\/1\.1 404/ },
-    { name: 'GET on chat completions', send: () => request(`${proxy.url}/chat/completions`, { headers: auth }), expected: { status: 405, type: 'invalid_request_error', code: 'method_not_allowed' }, allow: 'POST' },
-    { name: 'DELETE on models', send: () => request(`${proxy.url}/v1/models`, { method: 'DELETE', headers: auth }), expected: { status: 405, code: 'method_not_allowed' }, allow: 'GET, HEAD' },
-    { name: 'malformed JSON', send: () => post('/chat/completions', '{"model": "x", '), expected: { status: 400, type: 'invalid_request_error', code: 'invalid_json' } },
+    {
+      name: 'unknown route',
+      send: () => request(`${proxy.url}/v2/engines`, { headers: auth }),
+      expected: { status: 404, type: 'not_found_error', code: 'route_not_found' },
+    },
+    {
+      name: 'the legacy completions route is not proxied',
+      send: () => post('/completions', '{}'),
+      expected: { status: 404, code: 'route_not_found' },
+    },
+    {
+      name: 'path traversal',
+      send: () => request(`${proxy.url}/v1/../../etc/passwd`, { headers: auth }),
+      expected: { status: 404, code: 'route_not_found' },
+    },
+    {
+      name: 'an absolute URL is not an open proxy',
+      send: () => rawExchange(proxy.url, 'GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n'),
+      raw: /^HTTP\/1\.1 404/,
+    },
+    {
+      name: 'GET on chat completions',
+      send: () => request(`${proxy.url}/chat/completions`, { headers: auth }),
+      expected: { status: 405, type: 'invalid_request_error', code: 'method_not_allowed' },
+      allow: 'POST',
+    },
+    {
+      name: 'DELETE on models',
+      send: () => request(`${proxy.url}/v1/models`, { method: 'DELETE', headers: auth }),
+      expected: { status: 405, code: 'method_not_allowed' },
+      allow: 'GET, HEAD',
+    },
+    {
+      name: 'malformed JSON',
+      send: () => post('/chat/completions', '{"model": "x", '),
+      expected: { status: 400, type: 'invalid_request_error', code: 'invalid_json' },
+    },
     { name: 'an empty JSON body', send: () => post('/chat/completions', ''), expected: { status: 400, code: 'invalid_json' } },
     { name: 'a JSON array', send: () => post('/chat/completions', '[1,2]'), expected: { status: 400, code: 'invalid_request' } },
-    { name: 'no model', send: () => post('/chat/completions', '{"messages":[]}'), expected: { status: 400, code: 'invalid_request', message: /model/ } },
-    { name: 'a non-boolean stream', send: () => post('/chat/completions', '{"model":"m","stream":"yes"}'), expected: { status: 400, code: 'invalid_request', message: /stream/ } },
-    { name: 'a body over the limit', send: () => post('/chat/completions', JSON.stringify({ model: MODEL, pad: 'x'.repeat(5000) })), expected: { status: 413, type: 'invalid_request_error', code: 'request_too_large' } },
-    { name: 'a chunked body over the limit', send: () => request(`${proxy.url}/chat/completions`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: Readable.from([Buffer.from('{"model":"m","pad":"'), Buffer.alloc(5000, 120), Buffer.from('"}')]) }), expected: { status: 413, code: 'request_too_large' } },
-    { name: 'text/plain', send: () => post('/chat/completions', 'hello', { 'content-type': 'text/plain' }), expected: { status: 415, type: 'invalid_request_error', code: 'unsupported_media_type' } },
-    { name: 'form encoding', send: () => post('/chat/completions', 'model=x', { 'content-type': 'application/x-www-form-urlencoded' }), expected: { status: 415, code: 'unsupported_media_type' } },
-    { name: 'a header with a control character', send: () => rawExchange(proxy.url, 'GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n'), raw: /^HTTP\/1\.1 400[\s\S]*"code":"invalid_request"/ },
-    { name: 'headers too large', send: () => rawExchange(proxy.url, `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20000)}\r\n\r\n`), raw: /^HTTP\/1\.1 431[\s\S]*"code":"headers_too_large"/ },
-    { name: 'garbage instead of HTTP', send: () => rawExchange(proxy.url, 'HELLO THERE\r\n\r\n'), raw: /^HTTP\/1\.1 400[\s\S]*application\/json[\s\S]*"type":"invalid_request_error"/ },
+    {
+      name: 'no model',
+      send: () => post('/chat/completions', '{"messages":[]}'),
+      expected: { status: 400, code: 'invalid_request', message: /model/ },
+    },
+    {
+      name: 'a non-boolean stream',
+      send: () => post('/chat/completions', '{"model":"m","stream":"yes"}'),
+      expected: { status: 400, code: 'invalid_request', message: /stream/ },
+    },
+    {
+      name: 'a body over the limit',
+      send: () => post('/chat/completions', JSON.stringify({ model: MODEL, pad: 'x'.repeat(5000) })),
+      expected: { status: 413, type: 'invalid_request_error', code: 'request_too_large' },
+    },
+    {
+      name: 'a chunked body over the limit',
+      send: () =>
+        request(`${proxy.url}/chat/completions`, {
+          method: 'POST',
+          headers: { ...auth, 'content-type': 'application/json' },
+          body: Readable.from([Buffer.from('{"model":"m","pad":"'), Buffer.alloc(5000, 120), Buffer.from('"}')]),
+        }),
+      expected: { status: 413, code: 'request_too_large' },
+    },
+    {
+      name: 'text/plain',
+      send: () => post('/chat/completions', 'hello', { 'content-type': 'text/plain' }),
+      expected: { status: 415, type: 'invalid_request_error', code: 'unsupported_media_type' },
+    },
+    {
+      name: 'form encoding',
+      send: () => post('/chat/completions', 'model=x', { 'content-type': 'application/x-www-form-urlencoded' }),
+      expected: { status: 415, code: 'unsupported_media_type' },
+    },
+    {
+      name: 'a header with a control character',
+      send: () => rawExchange(proxy.url, 'GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n'),
+      raw: /^HTTP\/1\.1 400[\s\S]*"code":"invalid_request"/,
+    },
+    {
+      name: 'headers too large',
+      send: () => rawExchange(proxy.url, `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20000)}\r\n\r\n`),
+      raw: /^HTTP\/1\.1 431[\s\S]*"code":"headers_too_large"/,
+    },
+    {
+      name: 'garbage instead of HTTP',
+      send: () => rawExchange(proxy.url, 'HELLO THERE\r\n\r\n'),
+      raw: /^HTTP\/1\.1 400[\s\S]*application\/json[\s\S]*"type":"invalid_request_error"/,
+    },
   ]
   for (const c of cases) {
     await t.test(c.name, async (t) => {

@@ -35,7 +35,9 @@ t.test('/metrics speaks Prometheus text with requests, attempts, retries and lat
 })
 
 t.test('model label cardinality is bounded', async (t) => {
-  const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 404, { error: { message: 'Model not found', type: 'not_found_error', code: 'model_not_found' } }))
+  const upstream = await startFakeUpstream(t, (_req, res) =>
+    sendJson(res, 404, { error: { message: 'Model not found', type: 'not_found_error', code: 'model_not_found' } }),
+  )
   const proxy = await startProxy(t, { upstreamUrl: upstream.url })
   const models = [...Array.from({ length: 130 }, (_, i) => `vendor/model-${i}`), 'x'.repeat(500), 'evil"} 1\nfake_metric 9']
   for (const model of models) {

@@ -5,7 +5,13 @@ import { sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startProxy } from './helpers/proxy.js'
 
 const MODEL = 'google/gemini-3.5-flash'
-const list = JSON.stringify({ object: 'list', data: [{ id: MODEL, object: 'model' }, { id: 'anthropic/claude-4.6-sonnet', object: 'model' }] })
+const list = JSON.stringify({
+  object: 'list',
+  data: [
+    { id: MODEL, object: 'model' },
+    { id: 'anthropic/claude-4.6-sonnet', object: 'model' },
+  ],
+})
 const auth = { authorization: 'Bearer sk-user' }
 
 const get = (url: string, headers: Record<string, string> = auth) => request(url, { headers })
@@ -52,8 +58,13 @@ t.test('concurrent misses share one upstream call', async (t) => {
 
 t.test('a failing refresh serves the stale copy (x-cache: STALE) until staleIfErrorMs runs out', async (t) => {
   let failing = false
-  const upstream = await startFakeUpstream(t, (_req, res) => (failing ? sendJson(res, 503, { error: { message: 'down' } }) : sendJson(res, 200, list)))
-  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { models: { cacheTtlMs: 50, staleIfErrorMs: 400 }, retry: { maxAttempts: 1 } } })
+  const upstream = await startFakeUpstream(t, (_req, res) =>
+    failing ? sendJson(res, 503, { error: { message: 'down' } }) : sendJson(res, 200, list),
+  )
+  const proxy = await startProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { models: { cacheTtlMs: 50, staleIfErrorMs: 400 }, retry: { maxAttempts: 1 } },
+  })
   await (await get(`${proxy.url}/models`)).body.dump()
   failing = true
   await sleep(80)
@@ -69,9 +80,11 @@ t.test('a failing refresh serves the stale copy (x-cache: STALE) until staleIfEr
   t.match(proxy.logText(), /serving the stale copy/)
 })
 
-t.test("with the /models breaker open the stale copy is served and the upstream is not contacted", async (t) => {
+t.test('with the /models breaker open the stale copy is served and the upstream is not contacted', async (t) => {
   let failing = false
-  const upstream = await startFakeUpstream(t, (_req, res) => (failing ? sendJson(res, 500, { error: { message: 'boom' } }) : sendJson(res, 200, list)))
+  const upstream = await startFakeUpstream(t, (_req, res) =>
+    failing ? sendJson(res, 500, { error: { message: 'boom' } }) : sendJson(res, 200, list),
+  )
   const proxy = await startProxy(t, {
     upstreamUrl: upstream.url,
     config: { models: { cacheTtlMs: 1 }, retry: { maxAttempts: 1 }, breaker: { volumeThreshold: 2, resetTimeoutMs: 60000 } },
@@ -93,7 +106,9 @@ t.test("with the /models breaker open the stale copy is served and the upstream 
 })
 
 t.test('lists are cached per credential and query, never shared across keys', async (t) => {
-  const upstream = await startFakeUpstream(t, (req, res) => sendJson(res, 200, { object: 'list', data: [{ id: String(req.headers.authorization) }] }))
+  const upstream = await startFakeUpstream(t, (req, res) =>
+    sendJson(res, 200, { object: 'list', data: [{ id: String(req.headers.authorization) }] }),
+  )
   const proxy = await startProxy(t, { upstreamUrl: upstream.url })
   const alice = await (await get(`${proxy.url}/models`, { authorization: 'Bearer sk-alice' })).body.json()
   const bob = await (await get(`${proxy.url}/models`, { authorization: 'Bearer sk-bob' })).body.json()

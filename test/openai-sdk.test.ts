@@ -1,6 +1,6 @@
 import OpenAI, { type APIError } from 'openai'
 import t from 'tap'
-import { chunkEvent, completion, sendJson, sendSse, sendText, startFakeUpstream, closedPortUrl } from './helpers/fake-upstream.js'
+import { chunkEvent, closedPortUrl, completion, sendJson, sendSse, sendText, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startProxy } from './helpers/proxy.js'
 
 /**
@@ -26,7 +26,6 @@ async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
   }
   return undefined
 }
-
 
 t.test('chat.completions.create returns the upstream completion and the upstream sees what the SDK sent', async (t) => {
   const upstreamCompletion = completion(MODEL, 'Hi from the fake upstream')
@@ -61,7 +60,7 @@ t.test('chat.completions.create returns the upstream completion and the upstream
   t.match(seen.headers['content-type'], /^application\/json/)
   t.strictSame(JSON.parse(seen.body.toString('utf8')), params, 'the upstream got the body the SDK sent')
   t.equal(seen.body.toString('utf8'), JSON.stringify(params), 'byte for byte')
-  t.equal(seen.headers['x-request-id'], request_id, "the id the SDK reports is the one the upstream saw")
+  t.equal(seen.headers['x-request-id'], request_id, 'the id the SDK reports is the one the upstream saw')
 })
 
 t.test('a stream is consumed with for await, deltas and the final usage chunk intact', async (t) => {
@@ -176,7 +175,9 @@ interface ErrorCase {
   readonly contentType?: string
   readonly headers?: Record<string, string>
   /** The exact class the SDK must throw (402 has no subclass: plain APIError). */
-  readonly errorClass: abstract new (...args: never[]) => APIError
+  readonly errorClass: abstract new (
+    ...args: never[]
+  ) => APIError
   readonly type: string
   readonly code: string
   /** The message in the error body; a RegExp when the proxy writes it. */
@@ -366,38 +367,44 @@ t.test("the proxy's own errors surface as SDK errors: unreachable upstream → 5
   t.equal(models.code, 'upstream_unreachable')
 })
 
-t.test('with the SDK default of 2 retries, x-should-retry: false means exactly maxAttempts upstream attempts per SDK call, not 9', async (t) => {
-  const body = { error: { message: 'Service temporarily unavailable', type: 'server_error', code: 'service_unavailable' } }
-  // retry-after-ms keeps the SDK's backoff short, so a retrying SDK would fail this test fast.
-  const pushback = { 'retry-after-ms': '5' }
+t.test(
+  'with the SDK default of 2 retries, x-should-retry: false means exactly maxAttempts upstream attempts per SDK call, not 9',
+  async (t) => {
+    const body = { error: { message: 'Service temporarily unavailable', type: 'server_error', code: 'service_unavailable' } }
+    // retry-after-ms keeps the SDK's backoff short, so a retrying SDK would fail this test fast.
+    const pushback = { 'retry-after-ms': '5' }
 
-  t.test('control: pointed straight at a 503 upstream, the SDK retries twice', async (t) => {
-    const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 503, body, pushback))
-    const client = sdk(upstream.url, { maxRetries: 2 })
-    const err = await rejectionOf(client.chat.completions.create({ model: MODEL, messages: [] }))
-    t.type(err, OpenAI.InternalServerError)
-    t.equal(upstream.requests.length, 3, 'so the assertions below can fail')
-  })
+    t.test('control: pointed straight at a 503 upstream, the SDK retries twice', async (t) => {
+      const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 503, body, pushback))
+      const client = sdk(upstream.url, { maxRetries: 2 })
+      const err = await rejectionOf(client.chat.completions.create({ model: MODEL, messages: [] }))
+      t.type(err, OpenAI.InternalServerError)
+      t.equal(upstream.requests.length, 3, 'so the assertions below can fail')
+    })
 
-  t.test('through the proxy', async (t) => {
-    const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 503, body, pushback))
-    const proxy = await startProxy(t, { upstreamUrl: upstream.url })
-    const client = sdk(proxy.url, { maxRetries: 2 })
+    t.test('through the proxy', async (t) => {
+      const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 503, body, pushback))
+      const proxy = await startProxy(t, { upstreamUrl: upstream.url })
+      const client = sdk(proxy.url, { maxRetries: 2 })
 
-    const err = await rejectionOf(client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hi' }] }))
-    t.type(err, OpenAI.InternalServerError)
-    if (!(err instanceof OpenAI.InternalServerError)) return
-    t.equal(err.status, 503)
-    t.equal(err.code, 'service_unavailable')
-    t.equal(err.headers.get('x-should-retry'), 'false')
-    t.equal(upstream.requests.length, 3, 'exactly retry.maxAttempts (3) upstream attempts for one non-streaming SDK call')
-    t.equal(err.headers.get('x-proxy-attempts'), '3')
+      const err = await rejectionOf(client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hi' }] }))
+      t.type(err, OpenAI.InternalServerError)
+      if (!(err instanceof OpenAI.InternalServerError)) return
+      t.equal(err.status, 503)
+      t.equal(err.code, 'service_unavailable')
+      t.equal(err.headers.get('x-should-retry'), 'false')
+      t.equal(upstream.requests.length, 3, 'exactly retry.maxAttempts (3) upstream attempts for one non-streaming SDK call')
+      t.equal(err.headers.get('x-proxy-attempts'), '3')
 
-    const streamErr = await rejectionOf(
-      client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], stream: true }),
-    )
-    t.type(streamErr, OpenAI.InternalServerError)
-    t.equal(upstream.requests.length, 6, 'and exactly three more for one streaming SDK call')
-    t.ok(upstream.requests.every((r) => r.headers['x-stainless-retry-count'] === '0'), 'the SDK never sent a retry of its own')
-  })
-})
+      const streamErr = await rejectionOf(
+        client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], stream: true }),
+      )
+      t.type(streamErr, OpenAI.InternalServerError)
+      t.equal(upstream.requests.length, 6, 'and exactly three more for one streaming SDK call')
+      t.ok(
+        upstream.requests.every((r) => r.headers['x-stainless-retry-count'] === '0'),
+        'the SDK never sent a retry of its own',
+      )
+    })
+  },
+)

@@ -1,13 +1,13 @@
 import OpenAI from 'openai'
 import t, { type Test } from 'tap'
-import { request, type Dispatcher } from 'undici'
+import { type Dispatcher, request } from 'undici'
 import { expectErrorShape } from './helpers/assert-error.js'
 import {
   completion,
+  type FakeUpstream,
   sendJson,
   startFakeUpstream,
   TOPROUTER_RATE_LIMIT_HEADERS,
-  type FakeUpstream,
   type UpstreamHandler,
 } from './helpers/fake-upstream.js'
 import { startProxy, type TestProxy } from './helpers/proxy.js'
@@ -100,25 +100,32 @@ for (const status of [500, 502, 503, 504]) {
     // The old rule waited 30 s, which does not fit a 10 s deadline: the client got the 503.
     { name: 'requestTimeoutMs 10000', config: { upstream: { requestTimeoutMs: 10_000 } } },
   ]) {
-    t.test(`one ${status} with TopRouter's x-ratelimit-* headers (reset 30s) is retried within milliseconds (${deadline.name})`, async (t) => {
-      const upstream = await startFakeUpstream(t, failOnceThen200(status))
-      const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: deadline.config })
-      await expectRetriedTo200(t, proxy, upstream)
-      const gapMs = firstGapMs(upstream)
-      t.ok(gapMs < FAST_RETRY_MS, `retried after ${gapMs.toFixed(1)} ms, not after the 30 s reset`)
-      t.same(
-        retryLogs(proxy).map((line) => line.delaySource),
-        ['backoff'],
-        'the wait was our backoff, not server pushback',
-      )
-    })
+    t.test(
+      `one ${status} with TopRouter's x-ratelimit-* headers (reset 30s) is retried within milliseconds (${deadline.name})`,
+      async (t) => {
+        const upstream = await startFakeUpstream(t, failOnceThen200(status))
+        const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: deadline.config })
+        await expectRetriedTo200(t, proxy, upstream)
+        const gapMs = firstGapMs(upstream)
+        t.ok(gapMs < FAST_RETRY_MS, `retried after ${gapMs.toFixed(1)} ms, not after the 30 s reset`)
+        t.same(
+          retryLogs(proxy).map((line) => line.delaySource),
+          ['backoff'],
+          'the wait was our backoff, not server pushback',
+        )
+      },
+    )
   }
 }
 
 t.test('a 503 with remaining-requests 0 and reset-requests 30s: on a 5xx the reset is ignored', async (t) => {
   const upstream = await startFakeUpstream(
     t,
-    failOnceThen200(503, { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-remaining-tokens': '0', 'x-ratelimit-reset-requests': '30s' }),
+    failOnceThen200(503, {
+      'x-ratelimit-remaining-requests': '0',
+      'x-ratelimit-remaining-tokens': '0',
+      'x-ratelimit-reset-requests': '30s',
+    }),
   )
   const proxy = await startProxy(t, { upstreamUrl: upstream.url })
   await expectRetriedTo200(t, proxy, upstream)
@@ -159,7 +166,10 @@ t.test('a bare 429 (no x-ratelimit-* headers, no Retry-After): the backoff retry
 })
 
 t.test('a 429 whose remaining count is garbage is not a spent quota: the backoff retry', async (t) => {
-  const upstream = await startFakeUpstream(t, failOnceThen200(429, { 'x-ratelimit-remaining-requests': 'none', 'x-ratelimit-reset-requests': '1s' }))
+  const upstream = await startFakeUpstream(
+    t,
+    failOnceThen200(429, { 'x-ratelimit-remaining-requests': 'none', 'x-ratelimit-reset-requests': '1s' }),
+  )
   const proxy = await startProxy(t, { upstreamUrl: upstream.url })
   await expectRetriedTo200(t, proxy, upstream)
   const gapMs = firstGapMs(upstream)

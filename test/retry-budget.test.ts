@@ -1,5 +1,5 @@
 import t from 'tap'
-import { type RetryBudgetOptions, createRetryBudget } from '../src/upstream/retry-budget.js'
+import { createRetryBudget, type RetryBudgetOptions } from '../src/upstream/retry-budget.js'
 
 const OPTIONS: RetryBudgetOptions = { budgetPercent: 10, budgetMinPerSecond: 5 }
 

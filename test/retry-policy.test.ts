@@ -1,11 +1,11 @@
 import t from 'tap'
 import {
   type BackoffOptions,
-  type RetryInput,
   backoffDelayMs,
   decideRetry,
   isRetryableStatus,
   parseDurationMs,
+  type RetryInput,
   serverPushbackMs,
 } from '../src/upstream/retry-policy.js'
 
@@ -35,9 +35,19 @@ t.test('backoff: huge retry indexes, a zero base and a misbehaving random source
   t.equal(backoffDelayMs(3, { baseDelayMs: 0, maxDelayMs: 8000 }, half), 0)
   t.equal(backoffDelayMs(3, { baseDelayMs: 500, maxDelayMs: 0 }, half), 0)
   t.equal(backoffDelayMs(-1, BACKOFF, half), 250, 'a negative index is the first retry')
-  t.equal(backoffDelayMs(0, BACKOFF, () => 1), 0, 'random() === 1 is out of range: no delay past the ceiling')
-  t.equal(backoffDelayMs(0, BACKOFF, () => -0.5), 0)
-  t.equal(backoffDelayMs(0, BACKOFF, () => Number.NaN), 0)
+  t.equal(
+    backoffDelayMs(0, BACKOFF, () => 1),
+    0,
+    'random() === 1 is out of range: no delay past the ceiling',
+  )
+  t.equal(
+    backoffDelayMs(0, BACKOFF, () => -0.5),
+    0,
+  )
+  t.equal(
+    backoffDelayMs(0, BACKOFF, () => Number.NaN),
+    0,
+  )
   t.ok(Number.isInteger(backoffDelayMs(1, { baseDelayMs: 3, maxDelayMs: 100 }, () => 0.123)), 'whole ms')
 })
 
@@ -65,8 +75,29 @@ t.test('durations: valid Go-style durations → whole ms, rounded up', async (t)
 })
 
 t.test('durations: garbage → undefined', async (t) => {
-  const garbage = ['', ' ', 'abc', '-5s', '+5s', '5', '0', '1x', '5 s', 's', 'ms', '1m30', 'NaN', 'Infinity', 'Infinitys',
-    '1e3s', '1.2.3s', '1s-', '1,5s', `${'1'.repeat(100)}s`, '1s'.repeat(40)]
+  const garbage = [
+    '',
+    ' ',
+    'abc',
+    '-5s',
+    '+5s',
+    '5',
+    '0',
+    '1x',
+    '5 s',
+    's',
+    'ms',
+    '1m30',
+    'NaN',
+    'Infinity',
+    'Infinitys',
+    '1e3s',
+    '1.2.3s',
+    '1s-',
+    '1,5s',
+    `${'1'.repeat(100)}s`,
+    '1s'.repeat(40),
+  ]
   for (const input of garbage) t.equal(parseDurationMs(input), undefined, JSON.stringify(input))
 })
 
@@ -182,10 +213,14 @@ t.test('pushback: on 5xx the x-ratelimit-reset-* headers are ignored, even with 
   }
 })
 
-t.test('pushback precedence: retry-after-ms, then Retry-After, then (429 only) a spent quota\'s reset', async (t) => {
+t.test("pushback precedence: retry-after-ms, then Retry-After, then (429 only) a spent quota's reset", async (t) => {
   const spent = { ...TOPROUTER_HEADERS, 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': '30s' }
   for (const status of [429, 503]) {
-    t.equal(serverPushbackMs(status, { ...spent, 'retry-after-ms': '100', 'retry-after': '2' }, NOW_MS), 100, `${status}: retry-after-ms first`)
+    t.equal(
+      serverPushbackMs(status, { ...spent, 'retry-after-ms': '100', 'retry-after': '2' }, NOW_MS),
+      100,
+      `${status}: retry-after-ms first`,
+    )
     t.equal(serverPushbackMs(status, { ...spent, 'retry-after': '2' }, NOW_MS), 2000, `${status}: then Retry-After`)
     t.equal(
       serverPushbackMs(status, { ...spent, 'retry-after-ms': '0', 'retry-after': '2' }, NOW_MS),
@@ -217,7 +252,11 @@ t.test('pushback: garbage in one header falls through to the next', async (t) =>
     )
   }
   t.equal(
-    serverPushbackMs(429, { 'retry-after': 'later', 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': 'whenever' }, NOW_MS),
+    serverPushbackMs(
+      429,
+      { 'retry-after': 'later', 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': 'whenever' },
+      NOW_MS,
+    ),
     undefined,
   )
   t.equal(serverPushbackMs(503, { 'retry-after': '5' }, NOW_MS), 5000, '"5" is seconds, never Date.parse("5")')
@@ -321,8 +360,11 @@ t.test('decideRetry: retries with the backoff for attempt - 1 when the server ga
   t.same(decideRetry(input()), { retry: true, delayMs: 250, source: 'backoff' })
   t.same(decideRetry(input({ attempt: 2 })), { retry: true, delayMs: 500, source: 'backoff' })
   t.same(decideRetry(input({ attempt: 5, maxAttempts: 10 })), { retry: true, delayMs: 4000, source: 'backoff' })
-  t.same(decideRetry(input({ statusBased: false, clientRetryCount: 2 })), { retry: true, delayMs: 250, source: 'backoff' },
-    'a connection failure is retried even while the client retries')
+  t.same(
+    decideRetry(input({ statusBased: false, clientRetryCount: 2 })),
+    { retry: true, delayMs: 250, source: 'backoff' },
+    'a connection failure is retried even while the client retries',
+  )
 })
 
 t.test('decideRetry: the server wins — the delay is exactly the pushback, even above the backoff', async (t) => {

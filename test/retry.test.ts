@@ -1,8 +1,8 @@
 import type { ServerResponse } from 'node:http'
 import t from 'tap'
-import { request, type Dispatcher } from 'undici'
+import { type Dispatcher, request } from 'undici'
 import { expectErrorShape } from './helpers/assert-error.js'
-import { completion, sendJson, sleep, startFakeUpstream, type FakeUpstream, closedPortUrl } from './helpers/fake-upstream.js'
+import { closedPortUrl, completion, type FakeUpstream, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startProxy, type TestProxy } from './helpers/proxy.js'
 
 /**
@@ -71,7 +71,6 @@ const rateHeaders = { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-limit-
 function stall(res: ServerResponse): Promise<void> {
   return new Promise<void>((resolve) => res.on('close', () => resolve()))
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // 1. What is retried, and how many times
@@ -427,7 +426,10 @@ const tooLongCases = [
 for (const c of tooLongCases) {
   t.test(`a pushback that cannot be honoured is answered at once: ${c.name}`, async (t) => {
     const upstream = await startFakeUpstream(t, (_req, res) =>
-      sendJson(res, c.status, errorBody(c.status, c.status === 429 ? 'rate_limit_exceeded' : 'service_unavailable'), { ...rateHeaders, ...c.headers }),
+      sendJson(res, c.status, errorBody(c.status, c.status === 429 ? 'rate_limit_exceeded' : 'service_unavailable'), {
+        ...rateHeaders,
+        ...c.headers,
+      }),
     )
     const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: c.config })
     const { res, elapsedMs } = await chat(proxy, { headers: c.clientHeaders })
@@ -476,7 +478,10 @@ t.test('the deadline covers the whole request: a 503 then a stall still ends at 
   const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { upstream: { requestTimeoutMs: 400 } } })
   const { res, elapsedMs, startedAt } = await chat(proxy)
   await expectErrorShape(t, res, { status: 504, code: 'upstream_timeout' })
-  t.ok(elapsedMs >= 390 && elapsedMs <= 400 + 300, `504 at the deadline, not 400 ms after the 2nd attempt began (${elapsedMs.toFixed(0)} ms)`)
+  t.ok(
+    elapsedMs >= 390 && elapsedMs <= 400 + 300,
+    `504 at the deadline, not 400 ms after the 2nd attempt began (${elapsedMs.toFixed(0)} ms)`,
+  )
   t.equal(upstream.requests.length, 2, 'two attempts, none after the deadline')
   for (const r of upstream.requests) t.ok(r.receivedAt - startedAt < 400, 'every attempt started before the deadline')
   t.equal(attemptsHeader(res), 2, 'x-proxy-attempts: 2')
@@ -644,7 +649,11 @@ for (const variant of [
 }
 
 t.test('a non-streaming body cut half-way is retried, never relayed as a truncated 200', async (t) => {
-  const full = JSON.stringify({ id: 'gen-1', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'x'.repeat(2000) }, finish_reason: 'stop' }] })
+  const full = JSON.stringify({
+    id: 'gen-1',
+    object: 'chat.completion',
+    choices: [{ index: 0, message: { role: 'assistant', content: 'x'.repeat(2000) }, finish_reason: 'stop' }],
+  })
   const upstream = await startFakeUpstream(t, (req, res, _recorded, index) => {
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(full.length) })
     if (index === 0) {

@@ -1,6 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { writeFileSync, mkdtempSync } from 'node:fs'
+import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
@@ -22,11 +22,15 @@ async function startCli(t: Test, upstreamUrl: string, drainTimeoutMs: number): P
   const dir = mkdtempSync(join(tmpdir(), 'toprouter-drain-'))
   const configPath = join(dir, 'config.yaml')
   writeFileSync(configPath, `server:\n  drainTimeoutMs: ${drainTimeoutMs}\n`)
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--port', '0', '--upstream', upstreamUrl, '--config', configPath], {
-    cwd: new URL('..', import.meta.url),
-    env: { PATH: process.env.PATH ?? '', TOPROUTER_API_KEY: 'sk-drain-test-key' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', 'src/main.ts', '--port', '0', '--upstream', upstreamUrl, '--config', configPath],
+    {
+      cwd: new URL('..', import.meta.url),
+      env: { PATH: process.env.PATH ?? '', TOPROUTER_API_KEY: 'sk-drain-test-key' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  )
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL')
   })
@@ -46,7 +50,10 @@ async function startCli(t: Test, upstreamUrl: string, drainTimeoutMs: number): P
 t.test('startup line tells where it listens and which base_url to use', async (t) => {
   const upstream = await startFakeUpstream(t, (_req, res) => res.end())
   const proxy = await startCli(t, upstream.url, 1000)
-  const line = proxy.output().split('\n').find((l) => l.includes('listening on'))
+  const line = proxy
+    .output()
+    .split('\n')
+    .find((l) => l.includes('listening on'))
   t.ok(line)
   const parsed = JSON.parse(line ?? '{}') as { msg: string; upstream: string }
   t.match(parsed.msg, new RegExp(`use base_url ${proxy.url.replace(/\./g, '\\.')} in your OpenAI SDK`))
@@ -94,7 +101,7 @@ t.test('SIGTERM: new connections are refused, an open stream completes, exit 0',
     }
     received += chunk.toString()
   }
-  t.equal(received, events.join('') + 'data: [DONE]\n\n', 'the open stream finished whole')
+  t.equal(received, `${events.join('')}data: [DONE]\n\n`, 'the open stream finished whole')
   const [code] = (await exited) as [number | null]
   t.equal(code, 0, 'exit code 0')
   t.match(proxy.output(), /draining/)
@@ -133,7 +140,11 @@ t.test('while draining, /readyz is 503 and new requests on open connections get 
   t.same(await ready.body.json(), { status: 'ready', breakers: {} })
   proxy.lifecycle.draining = true
   await expectErrorShape(t, await request(`${proxy.url}/readyz`), { status: 503, type: 'server_error', code: 'service_unavailable' })
-  const chat = await request(`${proxy.url}/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+  const chat = await request(`${proxy.url}/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: '{}',
+  })
   t.equal(chat.headers.connection, 'close', 'the connection is closed after the answer')
   await expectErrorShape(t, chat, { status: 503, code: 'service_unavailable' })
   const health = await request(`${proxy.url}/healthz`)

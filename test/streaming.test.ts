@@ -74,7 +74,9 @@ async function endingCount(proxy: TestProxy, ending: StreamEnding, model = MODEL
   const text = await res.body.text()
   const line = text
     .split('\n')
-    .find((l) => l.startsWith('toprouter_proxy_stream_endings_total{') && l.includes(`ending="${ending}"`) && l.includes(`model="${model}"`))
+    .find(
+      (l) => l.startsWith('toprouter_proxy_stream_endings_total{') && l.includes(`ending="${ending}"`) && l.includes(`model="${model}"`),
+    )
   return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1))
 }
 
@@ -111,7 +113,12 @@ async function relayChunks(chunks: readonly string[]): Promise<{ out: string; en
   const body = new PassThrough()
   let ending: StreamEnding | undefined
   const relay = new PassThrough()
-  void relayStream(body as unknown as Parameters<typeof relayStream>[0], chunks.map((c) => Buffer.from(c)), relay, 1000).ended.then((e) => (ending = e))
+  void relayStream(
+    body as unknown as Parameters<typeof relayStream>[0],
+    chunks.map((c) => Buffer.from(c)),
+    relay,
+    1000,
+  ).ended.then((e) => (ending = e))
   body.end()
   const out: Buffer[] = []
   for await (const part of relay) out.push(part as Buffer)
@@ -139,7 +146,10 @@ t.test('relayStream finds finish_reason and [DONE] wherever the chunk boundaries
       const { out, ending } = await relayChunks(chunks)
       if (out !== expectedOut || ending !== expectedEnding) {
         failures++
-        if (failures < 5) t.fail(`${name}: split ${chunks.length === 2 ? `at ${chunks[0]!.length}` : 'per byte'} gave ${ending}: …${JSON.stringify(out.slice(-60))}`)
+        if (failures < 5)
+          t.fail(
+            `${name}: split ${chunks.length === 2 ? `at ${chunks[0]!.length}` : 'per byte'} gave ${ending}: …${JSON.stringify(out.slice(-60))}`,
+          )
       }
     }
     t.pass(`${name}: ${splits.length} splittings checked`)
@@ -228,7 +238,11 @@ t.test('a silent stream moves straight on to the configured fallback model', asy
   })
   const proxy = await startProxy(t, {
     upstreamUrl: upstream.url,
-    config: { upstream: { firstByteTimeoutMs: 300, streamIdleTimeoutMs: 10000 }, retry: { maxAttempts: 3 }, fallbacks: { [MODEL]: [FALLBACK] } },
+    config: {
+      upstream: { firstByteTimeoutMs: 300, streamIdleTimeoutMs: 10000 },
+      retry: { maxAttempts: 3 },
+      fallbacks: { [MODEL]: [FALLBACK] },
+    },
   })
   const startedAt = performance.now()
   const res = await streamChat(proxy)
@@ -253,7 +267,10 @@ t.test('a comment first, then the first event within the timeout: succeeds, and 
     await writeSlices(res, first, [10, first.length - 1], 20)
     res.end(rest)
   })
-  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { upstream: { firstByteTimeoutMs: 300 }, retry: { maxAttempts: 1 } } })
+  const proxy = await startProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { upstream: { firstByteTimeoutMs: 300 }, retry: { maxAttempts: 1 } },
+  })
   const res = await streamChat(proxy)
   t.equal(res.statusCode, 200)
   t.match(res.headers['content-type'], /^text\/event-stream/)
@@ -356,17 +373,23 @@ t.test('the openai SDK raises an APIError on a cut stream instead of finishing s
 
   for (const [name, script] of [
     ['a clean early end', (res: ServerResponse) => sendSse(res, sent, 0, false)],
-    ['a socket reset', async (res: ServerResponse) => {
-      openStream(res)
-      for (const e of sent) res.write(e)
-      await sleep(50)
-      res.socket?.resetAndDestroy()
-    }],
-    ['a stall', async (res: ServerResponse) => {
-      openStream(res)
-      for (const e of sent) res.write(e)
-      await closed(res)
-    }],
+    [
+      'a socket reset',
+      async (res: ServerResponse) => {
+        openStream(res)
+        for (const e of sent) res.write(e)
+        await sleep(50)
+        res.socket?.resetAndDestroy()
+      },
+    ],
+    [
+      'a stall',
+      async (res: ServerResponse) => {
+        openStream(res)
+        for (const e of sent) res.write(e)
+        await closed(res)
+      },
+    ],
   ] as const) {
     t.test(`through the proxy, ${name}`, async (t) => {
       const upstream = await startFakeUpstream(t, (_req, res) => script(res))
@@ -414,7 +437,13 @@ t.test('a stream with [DONE] is byte-identical, including malformed events and t
   })
 
   t.test('malformed events pass untouched and the proxy keeps serving', async (t) => {
-    const events = ['data: {not json\n\n', chunkEvent(MODEL, 0, 'Hel'), 'data: {"choices":[{"delta":\n\n', 'event: weird\ndata: ]]]\n\n', chunkEvent(MODEL, 1, 'lo', 'stop')]
+    const events = [
+      'data: {not json\n\n',
+      chunkEvent(MODEL, 0, 'Hel'),
+      'data: {"choices":[{"delta":\n\n',
+      'event: weird\ndata: ]]]\n\n',
+      chunkEvent(MODEL, 1, 'lo', 'stop'),
+    ]
     const upstream = await startFakeUpstream(t, (_req, res) => sendSse(res, events, 5))
     const proxy = await startProxy(t, { upstreamUrl: upstream.url })
     const res = await streamChat(proxy)
@@ -508,7 +537,7 @@ t.test('after a finish, an upstream cut or stall is not an error: the stream end
       const res = await streamChat(proxy)
       t.equal(await res.body.text(), expected)
       t.equal(await endingCount(proxy, ending), 1, `counted as ${ending}`)
-      t.equal(await endingCount(proxy, 'cut') + (await endingCount(proxy, 'stalled')), 0, 'not counted as a cut or a stall')
+      t.equal((await endingCount(proxy, 'cut')) + (await endingCount(proxy, 'stalled')), 0, 'not counted as a cut or a stall')
     })
   }
 })
@@ -517,12 +546,15 @@ t.test('"data: [DONE]" inside a delta\'s text is not the end marker: an early en
   const sent = chunkEvent(MODEL, 0, 'An SSE stream ends with data: [DONE] and') + chunkEvent(MODEL, 1, ' then data:[DONE]')
   for (const [name, script] of [
     ['a clean early end', (res: ServerResponse) => sendSse(res, [sent], 0, false)],
-    ['a socket reset', async (res: ServerResponse) => {
-      openStream(res)
-      res.write(sent)
-      await sleep(50)
-      res.socket?.resetAndDestroy()
-    }],
+    [
+      'a socket reset',
+      async (res: ServerResponse) => {
+        openStream(res)
+        res.write(sent)
+        await sleep(50)
+        res.socket?.resetAndDestroy()
+      },
+    ],
   ] as const) {
     t.test(name, async (t) => {
       const upstream = await startFakeUpstream(t, (_req, res) => script(res))
@@ -551,7 +583,10 @@ t.test('a slow client and a cut after megabytes: one error event, still last', a
     for (let i = 0; i < 50000; i++) {
       sent += event
       if (!res.write(event)) {
-        const drained = await Promise.race([new Promise<boolean>((resolve) => res.once('drain', () => resolve(true))), sleep(300).then(() => false)])
+        const drained = await Promise.race([
+          new Promise<boolean>((resolve) => res.once('drain', () => resolve(true))),
+          sleep(300).then(() => false),
+        ])
         if (!drained) break
       }
     }

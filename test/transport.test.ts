@@ -39,22 +39,47 @@ const hasOpenssl = (() => {
   }
 })()
 
-t.test("an upstream TLS certificate that is not trusted is refused: 502, nothing sent", { skip: hasOpenssl ? false : 'openssl is not installed, so no self-signed certificate can be made (apt-get install openssl)' }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'toprouter-tls-'))
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1', '-subj', '/CN=127.0.0.1'], { stdio: 'ignore' })
-  let received = 0
-  const server = createHttpsServer({ key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) }, (_req, res) => {
-    received += 1
-    sendJson(res, 200, completion(MODEL))
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
-  const proxy = await startProxy(t, { upstreamUrl: `https://127.0.0.1:${(server.address() as AddressInfo).port}` })
-  const res = await request(`${proxy.url}/chat/completions`, chatInit())
-  const error = await expectErrorShape(t, res, { status: 502, code: 'upstream_unreachable' })
-  t.match(error.message, /certificate/i)
-  t.equal(received, 0, 'no request was sent over the untrusted connection')
-})
+t.test(
+  'an upstream TLS certificate that is not trusted is refused: 502, nothing sent',
+  { skip: hasOpenssl ? false : 'openssl is not installed, so no self-signed certificate can be made (apt-get install openssl)' },
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'toprouter-tls-'))
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-keyout',
+        join(dir, 'key.pem'),
+        '-out',
+        join(dir, 'cert.pem'),
+        '-days',
+        '1',
+        '-subj',
+        '/CN=127.0.0.1',
+      ],
+      { stdio: 'ignore' },
+    )
+    let received = 0
+    const server = createHttpsServer(
+      { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) },
+      (_req, res) => {
+        received += 1
+        sendJson(res, 200, completion(MODEL))
+      },
+    )
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
+    const proxy = await startProxy(t, { upstreamUrl: `https://127.0.0.1:${(server.address() as AddressInfo).port}` })
+    const res = await request(`${proxy.url}/chat/completions`, chatInit())
+    const error = await expectErrorShape(t, res, { status: 502, code: 'upstream_unreachable' })
+    t.match(error.message, /certificate/i)
+    t.equal(received, 0, 'no request was sent over the untrusted connection')
+  },
+)
 
 t.test('a client that stops reading a stream pushes back on the upstream instead of filling memory', async (t) => {
   const chunk = `data: ${JSON.stringify({ choices: [{ delta: { content: 'x'.repeat(16 * 1024) } }] })}\n\n`
@@ -75,7 +100,10 @@ t.test('a client that stops reading a stream pushes back on the upstream instead
   await sleep(1000) // the client reads nothing
   const total = 4000 * chunk.length
   t.notOk(finished, 'the upstream could not finish writing')
-  t.ok(bytesWritten < total / 4, `the upstream wrote ${(bytesWritten / 1e6).toFixed(1)} MB of ${(total / 1e6).toFixed(0)} MB while the client was not reading`)
+  t.ok(
+    bytesWritten < total / 4,
+    `the upstream wrote ${(bytesWritten / 1e6).toFixed(1)} MB of ${(total / 1e6).toFixed(0)} MB while the client was not reading`,
+  )
   let read = 0
   for await (const part of res.body) read += part.length
   t.equal(read, total + 'data: [DONE]\n\n'.length, 'once the client reads, everything arrives')
@@ -87,7 +115,10 @@ t.test('one log line per request with request id, route, model, status, attempts
     sendJson(res, 429, { error: { message: 'slow down', type: 'rate_limit_error', code: 'rate_limit_exceeded' } })
   })
   const proxy = await startProxy(t, { upstreamUrl: upstream.url })
-  const res = await request(`${proxy.url}/v1/chat/completions`, { ...chatInit(), headers: { ...chatInit().headers, 'x-request-id': 'trace-me-1' } })
+  const res = await request(`${proxy.url}/v1/chat/completions`, {
+    ...chatInit(),
+    headers: { ...chatInit().headers, 'x-request-id': 'trace-me-1' },
+  })
   await res.body.dump()
   const health = await request(`${proxy.url}/healthz`)
   await health.body.dump()

@@ -2,7 +2,7 @@ import { gzipSync } from 'node:zlib'
 import t from 'tap'
 import { request } from 'undici'
 import { expectErrorShape } from './helpers/assert-error.js'
-import { completion, sendJson, sendText, sleep, startFakeUpstream, closedPortUrl } from './helpers/fake-upstream.js'
+import { closedPortUrl, completion, sendJson, sendText, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startProxy } from './helpers/proxy.js'
 
 const MODEL = 'google/gemini-3.5-flash'
@@ -69,7 +69,13 @@ const jsonCases = [
   {
     name: 'context_length_exceeded passes through',
     status: 400,
-    body: { error: { message: "This model's maximum context length is 8192 tokens", type: 'invalid_request_error', code: 'context_length_exceeded' } },
+    body: {
+      error: {
+        message: "This model's maximum context length is 8192 tokens",
+        type: 'invalid_request_error',
+        code: 'context_length_exceeded',
+      },
+    },
     expected: { status: 400, type: 'invalid_request_error', code: 'context_length_exceeded' },
   },
 ]
@@ -152,7 +158,9 @@ for (const c of nonJsonCases) {
 }
 
 t.test('an upstream redirect is not passed on: 502 bad_gateway', async (t) => {
-  const upstream = await startFakeUpstream(t, (_req, res) => sendText(res, 301, 'text/html', '<a href="https://evil">moved</a>', { location: 'https://evil.example/' }))
+  const upstream = await startFakeUpstream(t, (_req, res) =>
+    sendText(res, 301, 'text/html', '<a href="https://evil">moved</a>', { location: 'https://evil.example/' }),
+  )
   const proxy = await startProxy(t, { upstreamUrl: upstream.url })
   const res = await chat(proxy.url)
   await expectErrorShape(t, res, { status: 502, code: 'bad_gateway', message: /301/ })
@@ -185,7 +193,10 @@ t.test('an upstream that does not answer within responseTimeoutMs is a 504, on t
     await sleep(2000)
     sendJson(res, 200, completion(MODEL))
   })
-  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { upstream: { responseTimeoutMs: 300 }, retry: { maxAttempts: 1 } } })
+  const proxy = await startProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { upstream: { responseTimeoutMs: 300 }, retry: { maxAttempts: 1 } },
+  })
   const startedAt = performance.now()
   const res = await chat(proxy.url)
   const elapsedMs = performance.now() - startedAt
@@ -197,7 +208,10 @@ t.test('a stream whose headers never come within firstByteTimeoutMs is a 504', a
   const upstream = await startFakeUpstream(t, async () => {
     await sleep(2000)
   })
-  const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { upstream: { firstByteTimeoutMs: 200 }, retry: { maxAttempts: 1 } } })
+  const proxy = await startProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { upstream: { firstByteTimeoutMs: 200 }, retry: { maxAttempts: 1 } },
+  })
   const res = await chat(proxy.url, { model: MODEL, stream: true, messages: [] })
   await expectErrorShape(t, res, { status: 504, code: 'upstream_timeout' })
 })
@@ -205,7 +219,9 @@ t.test('a stream whose headers never come within firstByteTimeoutMs is a 504', a
 t.test('an API key echoed by the upstream never reaches the client', async (t) => {
   const key = 'sk-canary-0123456789abcdef'
   const upstream = await startFakeUpstream(t, (req, res) =>
-    sendJson(res, 401, { error: { message: `Invalid key ${String(req.headers.authorization)}`, type: 'authentication_error', code: 'invalid_api_key' } }),
+    sendJson(res, 401, {
+      error: { message: `Invalid key ${String(req.headers.authorization)}`, type: 'authentication_error', code: 'invalid_api_key' },
+    }),
   )
   const proxy = await startProxy(t, { upstreamUrl: upstream.url, env: { TOPROUTER_API_KEY: key } })
   const res = await chat(proxy.url)

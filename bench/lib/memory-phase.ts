@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Pool } from 'undici'
 import type { MemoryOptions } from './cli.js'
 import { socketCount, statusKb } from './proc-stats.js'
-import { startHelper, startProxy, stop, type ProxyCommand } from './processes.js'
+import { type ProxyCommand, startHelper, startProxy, stop } from './processes.js'
 import type { LogSummary } from './proxy-log.js'
 import { CHAT_PATH, REQUEST_HEADERS, STREAM_BODY } from './requests.js'
 
@@ -35,7 +35,15 @@ export interface MemoryResult {
   readonly streamErrors: number
   readonly non2xx: number
   readonly completedBeforeClose: number
-  readonly samples: { t: number; rssMb: number; sockets: number; upstreamSockets: number; upstreamActiveStreams: number; withHeaders: number; withFirstEvent: number }[]
+  readonly samples: {
+    t: number
+    rssMb: number
+    sockets: number
+    upstreamSockets: number
+    upstreamActiveStreams: number
+    withHeaders: number
+    withFirstEvent: number
+  }[]
   readonly log?: LogSummary
 }
 
@@ -70,7 +78,13 @@ export async function memoryPhase(setup: MemorySetup): Promise<MemoryResult> {
     }
     // Events for longer than the hold, so the streams are still open when the clients leave.
     const chunks = Math.ceil((holdS * 1000) / chunkDelayMs) + 100
-    const pool = new Pool(proxy.url, { connections: streamCount, pipelining: 1, keepAliveTimeout: 120_000, bodyTimeout: 0, headersTimeout: 0 })
+    const pool = new Pool(proxy.url, {
+      connections: streamCount,
+      pipelining: 1,
+      keepAliveTimeout: 120_000,
+      bodyTimeout: 0,
+      headersTimeout: 0,
+    })
     const controllers: AbortController[] = []
     let withHeaders = 0
     let withFirstEvent = 0

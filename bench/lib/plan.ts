@@ -34,7 +34,16 @@ const CONNECTIONS: Connections = { throughput: 64, pacedMaxInFlight: 64, stream:
 export function benchPlan(options: { readonly smoke: boolean; readonly durationS: number; readonly warmupS: number }): BenchPlan {
   if (options.smoke) {
     return {
-      phases: { warmupS: 0.2, throughputS: 0.3, pacedS: 0.3, pacedRate: 1000, streamS: 0.3, unloadedN: 40, unloadedStreamsN: 15, modelsS: 0.2 },
+      phases: {
+        warmupS: 0.2,
+        throughputS: 0.3,
+        pacedS: 0.3,
+        pacedRate: 1000,
+        streamS: 0.3,
+        unloadedN: 40,
+        unloadedStreamsN: 15,
+        modelsS: 0.2,
+      },
       connections: CONNECTIONS,
       targets: ['direct', 'proxy'],
       // autocannon stops on its sampling tick, so fractional durations need a finer tick.

@@ -9,7 +9,9 @@ export interface LogSummary {
 
 /** Counts the lines of a pino log and those at warn (40) or above. */
 export function summariseLog(file: string): LogSummary {
-  const lines = readFileSync(file, 'utf8').split('\n').filter((line) => line !== '')
+  const lines = readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => line !== '')
   let warnOrWorse = 0
   const sample: string[] = []
   for (const line of lines) {

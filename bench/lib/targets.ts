@@ -2,8 +2,8 @@ import { join } from 'node:path'
 import { measureTargetPhases, type TargetPhases } from './load/target-phases.js'
 import type { BenchPlan, TargetName } from './plan.js'
 import { statusKb } from './proc-stats.js'
-import { startHelper, startProxy, stop, type BenchProcess, type ProxyCommand } from './processes.js'
-import { summariseLog, type LogSummary } from './proxy-log.js'
+import { type BenchProcess, type ProxyCommand, startHelper, startProxy, stop } from './processes.js'
+import { type LogSummary, summariseLog } from './proxy-log.js'
 import { CHAT_BODY, CHAT_PATH, MODELS_PATH, REQUEST_HEADERS } from './requests.js'
 
 export interface TargetResult {
@@ -59,7 +59,13 @@ export async function measureTargets(setup: TargetsSetup): Promise<{ targets: Ta
 async function measureTarget(target: TargetName, label: string, upstream: BenchProcess, setup: TargetsSetup): Promise<TargetResult> {
   let proc: BenchProcess | undefined
   let logFile: string | undefined
-  if (target === 'floor') proc = await startHelper({ name: 'floor', script: setup.floorScript, args: ['--port', '0', '--upstream', upstream.url], cwd: setup.cwd })
+  if (target === 'floor')
+    proc = await startHelper({
+      name: 'floor',
+      script: setup.floorScript,
+      args: ['--port', '0', '--upstream', upstream.url],
+      cwd: setup.cwd,
+    })
   if (target === 'proxy') {
     logFile = join(setup.resultsDir, 'proxy.log')
     proc = await startProxy(setup.proxy, upstream.url, logFile)
@@ -86,6 +92,8 @@ async function measureTarget(target: TargetName, label: string, upstream: BenchP
 
 async function upstreamSizes(upstreamUrl: string): Promise<UpstreamSizes> {
   const models = await fetch(`${upstreamUrl}${MODELS_PATH}`).then((r) => r.arrayBuffer())
-  const chat = await fetch(`${upstreamUrl}${CHAT_PATH}`, { method: 'POST', headers: REQUEST_HEADERS, body: CHAT_BODY }).then((r) => r.arrayBuffer())
+  const chat = await fetch(`${upstreamUrl}${CHAT_PATH}`, { method: 'POST', headers: REQUEST_HEADERS, body: CHAT_BODY }).then((r) =>
+    r.arrayBuffer(),
+  )
   return { completionBytes: chat.byteLength, modelsBytes: models.byteLength }
 }

@@ -4,8 +4,8 @@ import type { HeaderMap } from '../http-headers.js'
 import type { Metrics } from '../metrics.js'
 import type { RequestClock } from '../request-clock.js'
 import type { Served, UpstreamTrace } from '../upstream/attempt.js'
-import type { RetryLog, Retrier } from '../upstream/retrier.js'
-import { bodyFor, modelChain, type ChatRequest } from './chat-request.js'
+import type { Retrier, RetryLog } from '../upstream/retrier.js'
+import { bodyFor, type ChatRequest, modelChain } from './chat-request.js'
 
 /**
  * The fallback chain: the primary model, then each fallback, each through the retrier, until one

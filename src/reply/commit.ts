@@ -1,7 +1,7 @@
 import type { OutgoingHttpHeaders } from 'node:http'
 import type { FastifyReply } from 'fastify'
 import { forwardableResponseHeaders } from '../http-headers.js'
-import { relayStream, type RelayedStream } from '../streaming/sse.js'
+import { type RelayedStream, relayStream } from '../streaming/sse.js'
 import type { Served } from '../upstream/attempt.js'
 
 /**

@@ -10,9 +10,9 @@ import { sendError } from '../reply/render-error.js'
 import { startRequestClock } from '../request-clock.js'
 import { startTrace } from '../request-log.js'
 import type { RelayedStream } from '../streaming/sse.js'
+import type { RetryBudget } from '../upstream/retry-budget.js'
 import type { UpstreamAuth } from '../upstream-auth.js'
 import { querySuffix } from './table.js'
-import type { RetryBudget } from '../upstream/retry-budget.js'
 
 /**
  * `POST /chat/completions` (and `/v1/…`), in the order a request lives it: parse, authorise, run
@@ -78,5 +78,6 @@ export function sendFailure(reply: FastifyReply, failed: Failure, attempts: numb
 async function recordStreamEnding(stream: RelayedStream, model: string, metrics: Metrics, request: FastifyRequest): Promise<void> {
   const ending = await stream.ended
   metrics.streamEnding(model, ending)
-  if (ending === 'cut' || ending === 'stalled' || ending === 'drained') request.log.warn({ model, ending }, 'stream ended with an error event')
+  if (ending === 'cut' || ending === 'stalled' || ending === 'drained')
+    request.log.warn({ model, ending }, 'stream ended with an error event')
 }

@@ -7,9 +7,9 @@ import type { Metrics } from '../metrics.js'
 import type { CachedModels, CachedResponse, ModelsCache } from '../models-cache.js'
 import { startRequestClock } from '../request-clock.js'
 import { startTrace } from '../request-log.js'
-import type { UpstreamAuth } from '../upstream-auth.js'
 import type { Retrier, RetryOutcome } from '../upstream/retrier.js'
 import type { RetryBudget } from '../upstream/retry-budget.js'
+import type { UpstreamAuth } from '../upstream-auth.js'
 import { querySuffix } from './table.js'
 
 /**
@@ -64,7 +64,11 @@ export function createModelsHandlers(deps: ModelsRouteDeps): { list: RouteHandle
     }
     if (!outcome.ok) throw outcome.failure
     const { response, body } = outcome.served
-    return { statusCode: response.statusCode, headers: forwardableResponseHeaders(response.headers, false, config.apiKey), body: body ?? Buffer.alloc(0) }
+    return {
+      statusCode: response.statusCode,
+      headers: forwardableResponseHeaders(response.headers, false, config.apiKey),
+      body: body ?? Buffer.alloc(0),
+    }
   }
 
   async function cachedModels(request: FastifyRequest, reply: FastifyReply, query: string): Promise<CachedModels> {

@@ -1,5 +1,5 @@
 import type { ProxyError } from '../errors.js'
-import { failure, failureFrom, type Failure } from '../failures.js'
+import { type Failure, failure, failureFrom } from '../failures.js'
 import type { RequestSignal } from '../request-clock.js'
 import { discardBody, type UpstreamResponse } from '../upstream/client.js'
 
@@ -66,8 +66,16 @@ export function awaitFirstEvent(body: Body, options: FirstEventOptions): Promise
     }
     const onEnd = () => settle(failure('reset', 'The upstream stream ended before its first event'))
     const onError = (error: unknown) =>
-      settle(failureFrom(error, signal, { phase: 'first_event', connectTimeoutMs: 0, timeoutMs: options.firstByteTimeoutMs, bodyTimeoutMs: options.firstByteTimeoutMs }))
-    const onAbort = () => settle(failureFrom(undefined, signal, { phase: 'first_event', connectTimeoutMs: 0, timeoutMs: 0, bodyTimeoutMs: 0 }))
+      settle(
+        failureFrom(error, signal, {
+          phase: 'first_event',
+          connectTimeoutMs: 0,
+          timeoutMs: options.firstByteTimeoutMs,
+          bodyTimeoutMs: options.firstByteTimeoutMs,
+        }),
+      )
+    const onAbort = () =>
+      settle(failureFrom(undefined, signal, { phase: 'first_event', connectTimeoutMs: 0, timeoutMs: 0, bodyTimeoutMs: 0 }))
     const timer = setTimeout(
       () => settle(failure('first_byte_timeout', `The upstream stream sent no event within ${Math.round(options.firstByteTimeoutMs)} ms`)),
       Math.max(1, options.waitMs),
@@ -113,7 +121,12 @@ export interface RelayedStream {
  * ends or fails, the ending is decided: nothing added after `[DONE]`, `[DONE]` added after a
  * finish, otherwise one error event.
  */
-export function relayStream(body: Body, firstChunks: readonly Buffer[], destination: StreamDestination, idleTimeoutMs: number): RelayedStream {
+export function relayStream(
+  body: Body,
+  firstChunks: readonly Buffer[],
+  destination: StreamDestination,
+  idleTimeoutMs: number,
+): RelayedStream {
   const relay = new SseRelay(body, destination)
   const relayContext = { phase: 'relay', connectTimeoutMs: 0, timeoutMs: idleTimeoutMs, bodyTimeoutMs: idleTimeoutMs } as const
   body.on('error', (error: unknown) => relay.finish(failureFrom(error, NOT_ABORTED, relayContext)))

@@ -1,5 +1,5 @@
 import type { Config } from '../config.js'
-import { failure, failureFrom, statusFailure, type Failure, type TransportContext } from '../failures.js'
+import { type Failure, failure, failureFrom, statusFailure, type TransportContext } from '../failures.js'
 import type { HeaderMap } from '../http-headers.js'
 import type { RequestClock } from '../request-clock.js'
 import { awaitFirstEvent } from '../streaming/sse.js'
@@ -66,7 +66,11 @@ export function createAttempter(deps: AttempterDeps): Attempter {
     timeoutMs: timeouts.responseTimeoutMs,
     bodyTimeoutMs: timeouts.responseTimeoutMs,
   }
-  const streamContext: TransportContext = { ...responseContext, timeoutMs: timeouts.firstByteTimeoutMs, bodyTimeoutMs: timeouts.streamIdleTimeoutMs }
+  const streamContext: TransportContext = {
+    ...responseContext,
+    timeoutMs: timeouts.firstByteTimeoutMs,
+    bodyTimeoutMs: timeouts.streamIdleTimeoutMs,
+  }
 
   async function attempt(spec: AttemptSpec, clock: RequestClock, trace: UpstreamTrace): Promise<AttemptResult> {
     const startedAt = deps.now()
@@ -104,7 +108,10 @@ export function createAttempter(deps: AttempterDeps): Attempter {
       const asked = spec.stream ? ' to a streaming request' : ''
       return {
         ok: false,
-        failure: failure('invalid_response', `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}${asked}`),
+        failure: failure(
+          'invalid_response',
+          `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}${asked}`,
+        ),
       }
     }
     // A non-streaming answer is read whole before it is committed, so a body cut half-way is a
@@ -133,7 +140,10 @@ export function createAttempter(deps: AttempterDeps): Attempter {
       if (declaredLength >= 0) {
         // Bounded by the declared length: undici's own consumer is the cheapest way to read it.
         const bytes = await response.body.bytes()
-        return { ok: true, served: { response, firstChunks: undefined, body: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) } }
+        return {
+          ok: true,
+          served: { response, firstChunks: undefined, body: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) },
+        }
       }
       const read = await readBodyUpTo(response.body, MAX_BODY_BYTES)
       if (read.truncated) return { ok: false, failure: tooLarge() }
@@ -151,11 +161,15 @@ function tooLarge(): Failure {
 }
 
 function isJson(contentType: string | string[] | undefined): boolean {
-  return String(contentType ?? '').toLowerCase().includes('json')
+  return String(contentType ?? '')
+    .toLowerCase()
+    .includes('json')
 }
 
 function isEventStream(contentType: string | string[] | undefined): boolean {
-  return String(contentType ?? '').toLowerCase().includes('text/event-stream')
+  return String(contentType ?? '')
+    .toLowerCase()
+    .includes('text/event-stream')
 }
 
 const EMPTY = Buffer.alloc(0)

@@ -78,7 +78,7 @@ export function createBreakerRegistry(options: BreakerRegistryOptions): BreakerR
   }
 
   function entryFor(key: string): Entry {
-    let entry = entries.get(key)
+    const entry = entries.get(key)
     if (entry !== undefined) {
       entry.lastUsedMs = now()
       // Map order doubles as recency order for eviction.

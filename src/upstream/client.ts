@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http'
-import { Pool } from 'undici'
 import type { Dispatcher } from 'undici'
+import { Pool } from 'undici'
 import type { Config } from '../config.js'
 import type { HeaderMap } from '../http-headers.js'
 import type { RequestSignal } from '../request-clock.js'

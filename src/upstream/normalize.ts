@@ -32,12 +32,7 @@ export function defaultCodeForStatus(status: number): string {
   return DEFAULT_CODE_BY_STATUS[status] ?? (status >= 500 ? 'upstream_error' : 'invalid_request')
 }
 
-export function normalizeUpstreamError(
-  status: number,
-  headers: IncomingHttpHeaders,
-  body: Buffer,
-  secret?: string,
-): ProxyError {
+export function normalizeUpstreamError(status: number, headers: IncomingHttpHeaders, body: Buffer, secret?: string): ProxyError {
   const clientStatus = status >= 400 && status <= 599 ? status : 502
   const passedHeaders = errorResponseHeaders(headers, secret)
   const parsed = parseJsonBody(decodeBody(body, headers['content-encoding']))
@@ -85,14 +80,18 @@ function firstString(...candidates: unknown[]): string | undefined {
 }
 
 function describeNonJson(status: number, contentType: string | string[] | undefined): string {
-  const kind = String(contentType ?? '').split(';')[0]?.trim()
+  const kind = String(contentType ?? '')
+    .split(';')[0]
+    ?.trim()
   return kind
     ? `Upstream returned HTTP ${status} with a non-JSON body (${kind})`
     : `Upstream returned HTTP ${status} with no usable error body`
 }
 
 function decodeBody(body: Buffer, encoding: string | string[] | undefined): Buffer | undefined {
-  const name = String(encoding ?? '').trim().toLowerCase()
+  const name = String(encoding ?? '')
+    .trim()
+    .toLowerCase()
   try {
     if (name === '' || name === 'identity') return body
     if (name === 'gzip' || name === 'x-gzip') return gunzipSync(body)

@@ -1,11 +1,11 @@
 import type { Config } from '../config.js'
 import { abortFailure, Failure, failure } from '../failures.js'
 import type { Metrics } from '../metrics.js'
-import { waitUnlessAborted, type RequestClock } from '../request-clock.js'
-import type { AttemptResult, AttemptSpec, Attempter, Served, UpstreamTrace } from './attempt.js'
+import { type RequestClock, waitUnlessAborted } from '../request-clock.js'
+import type { Attempter, AttemptResult, AttemptSpec, Served, UpstreamTrace } from './attempt.js'
 import { BreakerOpenError, type BreakerRegistry } from './breakers.js'
-import { decideRetry } from './retry-policy.js'
 import type { RetryBudget } from './retry-budget.js'
+import { decideRetry } from './retry-policy.js'
 
 /**
  * The retry loop for one model: every attempt goes through the model's circuit breaker; a
@@ -65,7 +65,12 @@ export function createRetrier(deps: RetrierDeps): Retrier {
       if (error instanceof Failure) return { ok: false, failure: error }
       if (error instanceof BreakerOpenError) {
         const seconds = breakers.retryAfterSeconds(key)
-        return { ok: false, failure: failure('breaker_open', `The circuit breaker for ${key} is open; retry in ${seconds} s`, { 'retry-after': String(seconds) }) }
+        return {
+          ok: false,
+          failure: failure('breaker_open', `The circuit breaker for ${key} is open; retry in ${seconds} s`, {
+            'retry-after': String(seconds),
+          }),
+        }
       }
       throw error
     }
@@ -106,7 +111,10 @@ export function createRetrier(deps: RetrierDeps): Retrier {
           random: deps.random,
         })
         if (!decision.retry) {
-          log.info({ model: key, attempt: attemptForModel, reason: decision.reason, upstreamStatus: failed.upstreamStatus, code: failed.code }, 'not retrying')
+          log.info(
+            { model: key, attempt: attemptForModel, reason: decision.reason, upstreamStatus: failed.upstreamStatus, code: failed.code },
+            'not retrying',
+          )
           return outcome
         }
         if (!budget.tryAcquireRetry()) {
@@ -115,7 +123,16 @@ export function createRetrier(deps: RetrierDeps): Retrier {
           return outcome
         }
         metrics.retry(key, failed.label)
-        log.info({ model: key, attempt: attemptForModel, delayMs: Math.round(decision.delayMs), delaySource: decision.source, reason: failed.label }, 'retrying')
+        log.info(
+          {
+            model: key,
+            attempt: attemptForModel,
+            delayMs: Math.round(decision.delayMs),
+            delaySource: decision.source,
+            reason: failed.label,
+          },
+          'retrying',
+        )
         if (!(await waitUnlessAborted(decision.delayMs, clock.signal))) {
           return { ok: false, failure: abortFailure(clock.signal.reason ?? 'client_gone') }
         }

@@ -1,7 +1,6 @@
 import type { Test } from 'tap'
 import type { Dispatcher } from 'undici'
 
-
 export interface ExpectedError {
   status: number
   type?: string

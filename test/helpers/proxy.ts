@@ -1,8 +1,8 @@
-import { Writable } from 'node:stream'
 import type { AddressInfo } from 'node:net'
+import { Writable } from 'node:stream'
 import { stringify } from 'yaml'
 import { buildApp, type ProxyApp } from '../../src/app.js'
-import { loadConfig, type Config } from '../../src/config.js'
+import { type Config, loadConfig } from '../../src/config.js'
 
 /** A real proxy on port 0 over a real socket, configured through the same loader as production. */
 

@@ -4,7 +4,9 @@ import type { Measured } from './phase.js'
 /** A closed-loop autocannon run; `sampleIntervalMs` is its sampling tick, on which it also stops. */
 export function runAutocannon(options: autocannon.Options, sampleIntervalMs: number): Promise<autocannon.Result> {
   return new Promise((resolve, reject) => {
-    autocannon({ pipelining: 1, timeout: 10, sampleInt: sampleIntervalMs, ...options }, (err, result) => (err === null ? resolve(result) : reject(err)))
+    autocannon({ pipelining: 1, timeout: 10, sampleInt: sampleIntervalMs, ...options }, (err, result) =>
+      err === null ? resolve(result) : reject(err),
+    )
   })
 }
 

@@ -3,7 +3,7 @@ import type { BenchPlan } from '../plan.js'
 import { CHAT_BODY, CHAT_PATH, GET_HEADERS, MODELS_PATH, REQUEST_HEADERS, STREAM_BODY } from '../requests.js'
 import { fromAutocannon, runAutocannon } from './autocannon.js'
 import { pacedLoad } from './paced.js'
-import { measurePhase, type CpuWatch, type PhaseId, type PhaseResult } from './phase.js'
+import { type CpuWatch, measurePhase, type PhaseId, type PhaseResult } from './phase.js'
 import { unloadedNonStreaming, unloadedStreaming } from './unloaded.js'
 
 export type TargetPhases = Partial<Record<PhaseId, PhaseResult>>
@@ -53,7 +53,15 @@ export async function measureTargetPhases(label: string, url: string, watch: Cpu
 
   process.stdout.write(`  [${label}] (e) GET /models, ${connections.models} connections, ${lengths.modelsS} s\n`)
   phases.models = await measurePhase('models', watch, async () =>
-    fromAutocannon(await cannon({ url: url + MODELS_PATH, method: 'GET', headers: GET_HEADERS, connections: connections.models, duration: lengths.modelsS })),
+    fromAutocannon(
+      await cannon({
+        url: url + MODELS_PATH,
+        method: 'GET',
+        headers: GET_HEADERS,
+        connections: connections.models,
+        duration: lengths.modelsS,
+      }),
+    ),
   )
   return phases
 }

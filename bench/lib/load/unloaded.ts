@@ -29,7 +29,15 @@ export async function unloadedNonStreaming(baseUrl: string, count: number): Prom
   const seconds = (performance.now() - startedAt) / 1000
   await client.close()
   const sorted = sortedOf(latencies)
-  return { requests: count, seconds, p50Ms: percentile(sorted, 50), p90Ms: percentile(sorted, 90), p99Ms: percentile(sorted, 99), errors, non2xx }
+  return {
+    requests: count,
+    seconds,
+    p50Ms: percentile(sorted, 50),
+    p90Ms: percentile(sorted, 90),
+    p99Ms: percentile(sorted, 99),
+    errors,
+    non2xx,
+  }
 }
 
 /** One stream at a time: time to the first body chunk (the first SSE event) and to the end. */

@@ -11,7 +11,10 @@ export function machineInfo(root: string): Record<string, string | number> {
     cpuModel: cpus[0]?.model.trim() ?? 'unknown',
     memoryGb: Math.round(os.totalmem() / 1024 ** 3),
     os: `${os.type()} ${os.release()} ${os.arch()}`,
-    loadAverage: os.loadavg().map((l) => l.toFixed(2)).join(' '),
+    loadAverage: os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' '),
     node: process.version,
     fastify: versionOf(root, 'fastify'),
     undici: versionOf(root, 'undici'),

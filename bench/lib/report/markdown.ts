@@ -19,16 +19,25 @@ export function markdown(report: Report): string {
     for (const id of ['throughput', 'paced', 'stream', 'unloaded', 'models'] as const) {
       lines.push(`## ${phaseTitle(id, report.plan)}`, '', phaseTable(id, report.targets), '')
     }
-    lines.push('## Memory and logs', '', '| target | peak RSS MB (VmHWM) | RSS at end MB | log lines | warn/error log lines |', '|---|---:|---:|---:|---:|')
+    lines.push(
+      '## Memory and logs',
+      '',
+      '| target | peak RSS MB (VmHWM) | RSS at end MB | log lines | warn/error log lines |',
+      '|---|---:|---:|---:|---:|',
+    )
     for (const target of report.targets) {
-      lines.push(`| ${target.label} | ${fmt(target.peakRssMb, 1)} | ${fmt(target.rssAtEndMb, 1)} | ${target.log?.lines ?? '–'} | ${target.log?.warnOrWorse ?? '–'} |`)
+      lines.push(
+        `| ${target.label} | ${fmt(target.peakRssMb, 1)} | ${fmt(target.rssAtEndMb, 1)} | ${target.log?.lines ?? '–'} | ${target.log?.warnOrWorse ?? '–'} |`,
+      )
     }
     const proxy = report.targets.find((t) => t.label === 'proxy')
     const floor = report.targets.find((t) => t.label === 'floor')
     const direct = report.targets.find((t) => t.label === 'direct')
-    if (proxy !== undefined && floor !== undefined) lines.push(`| **proxy ÷ floor** | ${ratio(proxy.peakRssMb, floor.peakRssMb)} | ${ratio(proxy.rssAtEndMb, floor.rssAtEndMb)} | | |`)
-    if (proxy !== undefined && direct !== undefined) lines.push(`| **proxy ÷ direct** | ${ratio(proxy.peakRssMb, direct.peakRssMb)} | ${ratio(proxy.rssAtEndMb, direct.rssAtEndMb)} | | |`)
-    lines.push('', '`direct`\'s memory is the upstream process\'s (its VmHWM covers everything it served up to then).', '')
+    if (proxy !== undefined && floor !== undefined)
+      lines.push(`| **proxy ÷ floor** | ${ratio(proxy.peakRssMb, floor.peakRssMb)} | ${ratio(proxy.rssAtEndMb, floor.rssAtEndMb)} | | |`)
+    if (proxy !== undefined && direct !== undefined)
+      lines.push(`| **proxy ÷ direct** | ${ratio(proxy.peakRssMb, direct.peakRssMb)} | ${ratio(proxy.rssAtEndMb, direct.rssAtEndMb)} | | |`)
+    lines.push('', "`direct`'s memory is the upstream process's (its VmHWM covers everything it served up to then).", '')
   }
   if (report.memory !== undefined) {
     const mem = report.memory

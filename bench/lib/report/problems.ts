@@ -7,7 +7,9 @@ export function problemsOf(targets: TargetResult[], memory: MemoryResult | undef
   for (const target of targets) {
     for (const result of Object.values(target.phases)) {
       if (result.errors > 0 || result.non2xx > 0) {
-        problems.push(`${target.label} ${result.phase}: ${result.errors} errors, ${result.non2xx} non-2xx (${JSON.stringify(result.extra)})`)
+        problems.push(
+          `${target.label} ${result.phase}: ${result.errors} errors, ${result.non2xx} non-2xx (${JSON.stringify(result.extra)})`,
+        )
       }
     }
     if (target.log !== undefined && target.log.warnOrWorse > 0) {
@@ -15,9 +17,12 @@ export function problemsOf(targets: TargetResult[], memory: MemoryResult | undef
     }
   }
   if (memory !== undefined) {
-    if (memory.streamErrors > 0 || memory.non2xx > 0) problems.push(`memory phase: ${memory.streamErrors} stream errors, ${memory.non2xx} non-2xx before the close`)
+    if (memory.streamErrors > 0 || memory.non2xx > 0)
+      problems.push(`memory phase: ${memory.streamErrors} stream errors, ${memory.non2xx} non-2xx before the close`)
     if (memory.during.streamsWithFirstEvent < memory.streams) {
-      problems.push(`memory phase: only ${memory.during.streamsWithFirstEvent} of ${memory.streams} streams received an event during the ${memory.holdS} s hold`)
+      problems.push(
+        `memory phase: only ${memory.during.streamsWithFirstEvent} of ${memory.streams} streams received an event during the ${memory.holdS} s hold`,
+      )
     }
   }
   return problems
