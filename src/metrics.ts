@@ -77,7 +77,7 @@ export function createMetrics(knownModels: readonly string[], maxModelLabels = 1
   })
   const streamEndings = new Counter({
     name: `${prefix}stream_endings_total`,
-    help: 'How streams ended: done, done_added, cut, stalled, client_gone',
+    help: 'How streams ended: done, done_added, cut, stalled, client_gone, drained',
     labelNames: ['model', 'ending'],
     registers: [registry],
   })
