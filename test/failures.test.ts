@@ -121,3 +121,33 @@ t.test('the request’s own aborts and how a breaker counts what is thrown throu
   t.equal(breakerVerdict(failure('client_gone')), 'neutral')
   t.equal(breakerVerdict(new Error('a bug')), 'not_failure', 'an unexpected error says nothing about the upstream')
 })
+
+t.test('retried statuses: 429 (not insufficient_quota), 500, 502, 503, 504 only', async (t) => {
+  const table: ReadonlyArray<[number, string | undefined, boolean]> = [
+    [429, undefined, true],
+    [429, 'rate_limit_exceeded', true],
+    [429, 'insufficient_quota', false],
+    [500, undefined, true],
+    [502, undefined, true],
+    [503, undefined, true],
+    [504, undefined, true],
+    [503, 'insufficient_quota', true],
+    [501, undefined, false],
+    [505, undefined, false],
+    [200, undefined, false],
+    [301, undefined, false],
+    [400, undefined, false],
+    [400, 'context_length_exceeded', false],
+    [401, undefined, false],
+    [402, undefined, false],
+    [403, undefined, false],
+    [404, undefined, false],
+    [408, undefined, false],
+    [409, undefined, false],
+    [413, undefined, false],
+    [422, undefined, false],
+  ]
+  for (const [status, code, expected] of table) {
+    t.equal(verdictForStatus(status, code ?? '').retry, expected, `${status}${code === undefined ? '' : ` ${code}`}`)
+  }
+})

@@ -3,7 +3,6 @@ import {
   type BackoffOptions,
   backoffDelayMs,
   decideRetry,
-  isRetryableStatus,
   parseDurationMs,
   type RetryInput,
   serverPushbackMs,
@@ -306,36 +305,6 @@ t.test('pushback: malformed dates are garbage and fall through', async (t) => {
     'tomorrow',
   ]) {
     t.equal(serverPushbackMs(429, { 'retry-after': bad, ...fallback }, NOW_MS), 7000, JSON.stringify(bad))
-  }
-})
-
-t.test('isRetryableStatus: 429 (not insufficient_quota), 500, 502, 503, 504 only', async (t) => {
-  const table: ReadonlyArray<[number, string | undefined, boolean]> = [
-    [429, undefined, true],
-    [429, 'rate_limit_exceeded', true],
-    [429, 'insufficient_quota', false],
-    [500, undefined, true],
-    [502, undefined, true],
-    [503, undefined, true],
-    [504, undefined, true],
-    [503, 'insufficient_quota', true],
-    [501, undefined, false],
-    [505, undefined, false],
-    [200, undefined, false],
-    [301, undefined, false],
-    [400, undefined, false],
-    [400, 'context_length_exceeded', false],
-    [401, undefined, false],
-    [402, undefined, false],
-    [403, undefined, false],
-    [404, undefined, false],
-    [408, undefined, false],
-    [409, undefined, false],
-    [413, undefined, false],
-    [422, undefined, false],
-  ]
-  for (const [status, code, expected] of table) {
-    t.equal(isRetryableStatus(status, code), expected, `${status}${code === undefined ? '' : ` ${code}`}`)
   }
 })
 

@@ -3,8 +3,8 @@
  * no clock of its own. The retry loop asks `decideRetry()` what to do and does the waiting itself,
  * so every rule here is tested by calling it with a fixed random source and a fixed `nowMs`.
  *
- * Rules (SPEC § "Resilience semantics"): retry 429 (not `insufficient_quota`), 500, 502, 503, 504
- * and connection failures; full-jitter backoff; the server's pushback wins (`x-ratelimit-reset-*`
+ * Rules (SPEC § "Resilience semantics"; which failures are retryable at all is failures.ts's table):
+ * full-jitter backoff; the server's pushback wins (`x-ratelimit-reset-*`
  * only on a 429 whose quota is spent), but a pushback longer than `maxRetryAfterMs` or than the
  * time left is answered at once instead of waited out.
  */
@@ -128,7 +128,7 @@ export type ResponseHeaders = Readonly<Record<string, string | string[] | undefi
  * A garbage value in one header is ignored and the next one is read, so one malformed header
  * never hides a good one; a remaining count that is not a number is not `0`. Only the first value
  * of a repeated header is read. Whether `status` is worth a retry at all is
- * {@link isRetryableStatus}'s call, not this function's.
+ * the failure table's call (failures.ts `verdictForStatus`), not this function's.
  *
  * @param status the upstream's HTTP status; only a 429 lets the `x-ratelimit-reset-*` headers count.
  * @param headers lower-case header names, as Node and undici provide them.
@@ -245,35 +245,6 @@ function fourDigitYear(twoDigitYear: number, nowMs: number): number {
 }
 
 /**
- * Whether an upstream HTTP status is worth another attempt: 429 (the limit resets), 500, 502, 503,
- * 504 (a transient server or gateway fault). A 429 whose error code is `insufficient_quota` is a
- * billing state that no wait will change, and every other 4xx is the request's own fault, so
- * retrying them only adds load and latency.
- *
- * @param errorCode the upstream error's `code`, when its body had one.
- *
- * @example
- * ```ts
- * isRetryableStatus(429)                        // true
- * isRetryableStatus(429, 'insufficient_quota')  // false
- * isRetryableStatus(400)                        // false
- * ```
- */
-export function isRetryableStatus(status: number, errorCode?: string): boolean {
-  switch (status) {
-    case 429:
-      return errorCode !== 'insufficient_quota'
-    case 500:
-    case 502:
-    case 503:
-    case 504:
-      return true
-    default:
-      return false
-  }
-}
-
-/**
  * What the retry loop should do after a failed attempt. `source` says where the delay came from
  * (`'server'`: the upstream's pushback; `'backoff'`: our jitter) so it can be logged.
  */
@@ -292,7 +263,7 @@ export interface RetryInput {
    * @default 3
    */
   readonly maxAttempts: number
-  /** The failure kind is retryable (see {@link isRetryableStatus}, or a connection failure). */
+  /** The failure kind is retryable (the failure table's verdict). */
   readonly retryable: boolean
   /** The failure was an HTTP status, as opposed to a connection failure or timeout. */
   readonly statusBased: boolean
