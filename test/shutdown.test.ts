@@ -103,7 +103,7 @@ t.test('SIGTERM: new connections are refused, an open stream completes, exit 0',
     }
     received += chunk.toString()
   }
-  t.equal(received, events.join('') + 'data: [DONE]\n\n', 'the open stream finished whole')
+  t.equal(received, `${events.join('')}data: [DONE]\n\n`, 'the open stream finished whole')
   const [code] = (await exited) as [number | null]
   t.equal(code, 0, 'exit code 0')
   t.match(proxy.output(), /draining/)
