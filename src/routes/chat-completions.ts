@@ -1,18 +1,13 @@
 import type { FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
 import { parseChatRequest } from '../chat/chat-request.js'
 import type { ChainOutcome, FallbackChain } from '../chat/fallback-chain.js'
-import type { Config } from '../config.js'
 import type { Failure } from '../failures.js'
-import type { Lifecycle } from '../lifecycle.js'
 import type { Metrics } from '../metrics.js'
 import { commit } from '../reply/commit.js'
 import { sendError } from '../reply/render-error.js'
-import { startRequestClock } from '../request-clock.js'
-import { startTrace } from '../request-log.js'
 import type { RelayedStream } from '../streaming/sse.js'
-import type { RetryBudget } from '../upstream/retry-budget.js'
-import type { UpstreamAuth } from '../upstream-auth.js'
 import { querySuffix } from './table.js'
+import { finishUpstreamRequest, startUpstreamRequest, type UpstreamRouteDeps } from './upstream-request.js'
 
 /**
  * `POST /chat/completions` (and `/v1/…`), in the order a request lives it: parse, authorise, run
@@ -20,37 +15,22 @@ import { querySuffix } from './table.js'
  * failure. A member key's check and limits belong right after the parse, before the chain.
  */
 
-export interface ChatRouteDeps {
+export interface ChatRouteDeps extends UpstreamRouteDeps {
   readonly chain: FallbackChain
-  readonly auth: UpstreamAuth
-  readonly budget: RetryBudget
-  readonly lifecycle: Lifecycle
-  readonly metrics: Metrics
-  readonly config: Config
-  readonly now: () => number
 }
 
 export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerMethod {
-  const { chain, auth, budget, lifecycle, metrics, config, now } = deps
-  const timeouts = config.upstream
+  const { chain, lifecycle, metrics, config } = deps
 
   return async function chatCompletions(request: FastifyRequest, reply: FastifyReply) {
     const chat = parseChatRequest(request.body)
-    const headers = auth.headersFor(request.headers, request.id, true)
-    const trace = startTrace(request, chat.model)
-    const clock = startRequestClock(request.headers, {
-      requestTimeoutMs: timeouts.requestTimeoutMs,
-      nowMs: now(),
-      response: reply.raw,
-      inFlight: lifecycle.waiting,
-    })
-    budget.recordRequest()
+    const started = startUpstreamRequest(deps, request, { model: chat.model, hasBody: true, followClient: reply.raw })
+    const { headers, clock, trace } = started
     let outcome: ChainOutcome
     try {
       outcome = await chain.run({ chat, path: `/chat/completions${querySuffix(request.url)}`, headers, clock, trace, log: request.log })
     } finally {
-      clock.release()
-      trace.attempts = clock.attempts
+      finishUpstreamRequest(started)
     }
     if (!outcome.ok) return sendFailure(reply, outcome.failure, clock.attempts)
 
@@ -59,7 +39,7 @@ export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerM
       model: outcome.model,
       attempts: clock.attempts,
       secret: config.apiKey,
-      streamIdleTimeoutMs: timeouts.streamIdleTimeoutMs,
+      streamIdleTimeoutMs: config.upstream.streamIdleTimeoutMs,
     })
     if (stream !== undefined) {
       lifecycle.trackStream(stream)

@@ -1,16 +1,10 @@
 import type { FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
-import type { Config } from '../config.js'
 import { proxyError } from '../errors.js'
 import { forwardableResponseHeaders } from '../http-headers.js'
-import type { Lifecycle } from '../lifecycle.js'
-import type { Metrics } from '../metrics.js'
 import type { CachedModels, CachedResponse, ModelsCache } from '../models-cache.js'
-import { startRequestClock } from '../request-clock.js'
-import { startTrace } from '../request-log.js'
 import type { Retrier, RetryOutcome } from '../upstream/retrier.js'
-import type { RetryBudget } from '../upstream/retry-budget.js'
-import type { UpstreamAuth } from '../upstream-auth.js'
 import { querySuffix } from './table.js'
+import { finishUpstreamRequest, startUpstreamRequest, type UpstreamRouteDeps } from './upstream-request.js'
 
 /**
  * `GET /models` → `{baseUrl}/models` (cached, byte for byte); `GET /models/:id` picks one model
@@ -20,33 +14,20 @@ import { querySuffix } from './table.js'
 /** The `/models` breaker's key: its own registry, so no chat model id can share it. */
 export const MODELS_BREAKER_KEY = '/models'
 
-export interface ModelsRouteDeps {
+export interface ModelsRouteDeps extends UpstreamRouteDeps {
   /** The retrier over the `/models` breaker registry. */
   readonly retrier: Retrier
   readonly cache: ModelsCache
-  readonly auth: UpstreamAuth
-  readonly budget: RetryBudget
-  readonly lifecycle: Lifecycle
-  readonly metrics: Metrics
-  readonly config: Config
-  readonly now: () => number
 }
 
 export function createModelsHandlers(deps: ModelsRouteDeps): { list: RouteHandlerMethod; one: RouteHandlerMethod } {
-  const { retrier, cache, auth, budget, lifecycle, metrics, config, now } = deps
+  const { retrier, cache, auth, metrics, config } = deps
 
   /** One upstream fetch of the list, through the retrier; a failure rejects (the cache may serve stale). */
   async function fetchModels(request: FastifyRequest, reply: FastifyReply, query: string): Promise<CachedResponse> {
-    const headers = auth.headersFor(request.headers, request.id, false)
-    const trace = startTrace(request, undefined)
     // Not tied to this client: the fetch is shared by every caller waiting on the cache.
-    const clock = startRequestClock(request.headers, {
-      requestTimeoutMs: config.upstream.requestTimeoutMs,
-      nowMs: now(),
-      response: undefined,
-      inFlight: lifecycle.waiting,
-    })
-    budget.recordRequest()
+    const started = startUpstreamRequest(deps, request, { model: undefined, hasBody: false, followClient: undefined })
+    const { headers, clock, trace } = started
     let outcome: RetryOutcome
     try {
       outcome = await retrier.run({
@@ -58,8 +39,7 @@ export function createModelsHandlers(deps: ModelsRouteDeps): { list: RouteHandle
         hasNextModel: false,
       })
     } finally {
-      clock.release()
-      trace.attempts = clock.attempts
+      finishUpstreamRequest(started)
       if (!reply.sent) reply.header('x-proxy-attempts', String(clock.attempts))
     }
     if (!outcome.ok) throw outcome.failure
