@@ -8,7 +8,7 @@ import { Lifecycle } from './lifecycle.js'
 import { buildLogger } from './logging.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { createModelsCache } from './models-cache.js'
-import { answerMalformedRequest, replyWithError } from './reply/render-error.js'
+import { answerMalformedRequest, replyWithError, sendError, toProxyError } from './reply/render-error.js'
 import { registerRequestLog } from './request-log.js'
 import { createChatCompletionsHandler } from './routes/chat-completions.js'
 import { createHealthHandlers } from './routes/health.js'
@@ -127,6 +127,12 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     forceCloseConnections: 'idle',
     routerOptions: { ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, maxParamLength: 500 },
     clientErrorHandler: answerMalformedRequest,
+    // Errors Fastify raises before routing (a malformed percent-escape in the path) bypass the error
+    // handler; without this they get Fastify's own body instead of the error shape.
+    frameworkErrors: (error, request, reply) => {
+      reply.header('x-request-id', request.id)
+      return sendError(reply, toProxyError(error))
+    },
   })
 
   // The body is kept as bytes: the route validates it and forwards the client's own bytes.

@@ -92,3 +92,16 @@ export function errorResponseHeaders(upstream: IncomingHttpHeaders, secret?: str
 function containsSecret(value: string | string[], secret: string): boolean {
   return Array.isArray(value) ? value.some((item) => item.includes(secret)) : value.includes(secret)
 }
+
+const HEADER_SAFE = /^[\x20-\x7e]*$/
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g
+
+/**
+ * A model id is any string; a header value is not (Node throws on control and non-Latin-1
+ * characters). Printable ASCII passes as it is; anything else is percent-encoded as UTF-8.
+ */
+export function headerSafe(value: string): string {
+  if (HEADER_SAFE.test(value)) return value
+  // encodeURIComponent throws on a lone surrogate; write those as U+FFFD, as UTF-8 does.
+  return encodeURIComponent(value.replace(LONE_SURROGATE, '\ufffd'))
+}

@@ -144,3 +144,51 @@ t.test('requests the proxy refuses get the error shape, nothing reaches the upst
   t.equal(upstream.requests.length, 0, 'no refused request reached the upstream')
   await stillServes(t, proxy.url)
 })
+
+// Found by the front-door fuzz (test/front-door-fuzz.test.ts); each pinned here by name.
+
+t.test('a malformed percent-escape in the path gets the error shape, not Fastify’s own body', async (t) => {
+  const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 200, completion(MODEL)))
+  const proxy = await startProxy(t, { upstreamUrl: upstream.url })
+  for (const path of ['/models/%zz', '/chat/completions%E0%A4%A']) {
+    const res = await request(`${proxy.url}${path}`, { headers: auth })
+    await expectErrorShape(t, res, { status: 400, type: 'invalid_request_error', code: 'invalid_request' })
+    t.ok(res.headers['x-request-id'], `${path}: x-request-id`)
+  }
+  t.equal(upstream.requests.length, 0, 'nothing reached the upstream')
+  await stillServes(t, proxy.url)
+})
+
+t.test('a model id that is not a valid header value is served, x-proxy-model percent-encoded', async (t) => {
+  const upstream = await startFakeUpstream(t, (_req, res, recorded) => {
+    const { model } = JSON.parse(recorded.body.toString('utf8')) as { model: string }
+    sendJson(res, 200, completion(model))
+  })
+  const proxy = await startProxy(t, { upstreamUrl: upstream.url })
+  for (const model of ['模型', 'a\u0000b', 'bad\ud800id']) {
+    const res = await request(`${proxy.url}/chat/completions`, {
+      method: 'POST',
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [] }),
+    })
+    t.equal(res.statusCode, 200, `${JSON.stringify(model)}: served`)
+    t.equal(res.headers['x-proxy-model'], encodeURIComponent(model.replace(/[\ud800-\udfff]/g, '\ufffd')), 'percent-encoded UTF-8')
+    await res.body.dump()
+  }
+  t.notMatch(proxy.logText(), /unexpected error/)
+})
+
+t.test('a body nested too deeply to rewrite, with request fallbacks: 400 before anything is sent', async (t) => {
+  const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 200, completion(MODEL)))
+  const proxy = await startProxy(t, { upstreamUrl: upstream.url })
+  const deep = `${'['.repeat(20000)}${']'.repeat(20000)}`
+  const res = await request(`${proxy.url}/chat/completions`, {
+    method: 'POST',
+    headers: { ...auth, 'content-type': 'application/json' },
+    body: `{"model":"${MODEL}","fallbacks":["b/backup"],"messages":[],"extra":${deep}}`,
+  })
+  const error = await expectErrorShape(t, res, { status: 400, code: 'invalid_request' })
+  t.match(error.message, /nested too deeply/)
+  t.equal(upstream.requests.length, 0, 'nothing reached the upstream')
+  t.notMatch(proxy.logText(), /unexpected error/)
+})

@@ -9,7 +9,7 @@ import { proxyError } from '../errors.js'
 export interface ChatRequest {
   readonly model: string
   readonly stream: boolean
-  /** The client's bytes, forwarded as they are unless the proxy must change a field. */
+  /** What the primary model is sent: the client's own bytes, or without `fallbacks` when it had one. */
   readonly body: Buffer
   readonly parsed: Readonly<Record<string, unknown>>
   /** The request's own fallback models (the LiteLLM/Bifrost `fallbacks` field), stripped upstream. */
@@ -44,11 +44,13 @@ export function parseChatRequest(body: unknown): ChatRequest {
   if (hasFallbacksField && !isModelList(fallbacks)) {
     throw proxyError('invalid_request', `\`fallbacks\` must be a list of at most ${MAX_REQUEST_FALLBACKS} model ids`)
   }
+  const fields = parsed as Record<string, unknown>
   return {
     model,
     stream: stream === true,
-    body,
-    parsed: parsed as Record<string, unknown>,
+    // Rewritten now, so a body that cannot be rewritten is refused before anything is sent.
+    body: hasFallbacksField ? rewritten(fields, model) : body,
+    parsed: fields,
     fallbacks: hasFallbacksField ? fallbacks : NO_FALLBACKS,
     hasFallbacksField,
   }
@@ -67,9 +69,18 @@ export function modelChain(chat: ChatRequest, configured: Config['fallbacks']): 
   return chain
 }
 
-/** The client's own bytes when nothing changes; otherwise the body with `model` set and `fallbacks` stripped. */
+/** The primary's body for the primary; for another model, the body with `model` set and `fallbacks` stripped. */
 export function bodyFor(chat: ChatRequest, model: string): Buffer {
-  if (model === chat.model && !chat.hasFallbacksField) return chat.body
-  const { fallbacks: _stripped, ...rest } = chat.parsed
-  return Buffer.from(JSON.stringify({ ...rest, model }))
+  return model === chat.model ? chat.body : rewritten(chat.parsed, model)
+}
+
+function rewritten(fields: Readonly<Record<string, unknown>>, model: string): Buffer {
+  const { fallbacks: _stripped, ...rest } = fields
+  try {
+    return Buffer.from(JSON.stringify({ ...rest, model }))
+  } catch (error: unknown) {
+    // JSON.parse takes nesting (thousands of levels) that JSON.stringify's recursion cannot write back.
+    if (error instanceof RangeError) throw proxyError('invalid_request', 'Request body is nested too deeply to rewrite')
+    throw error
+  }
 }

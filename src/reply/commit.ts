@@ -1,6 +1,6 @@
 import type { OutgoingHttpHeaders } from 'node:http'
 import type { FastifyReply } from 'fastify'
-import { forwardableResponseHeaders } from '../http-headers.js'
+import { forwardableResponseHeaders, headerSafe } from '../http-headers.js'
 import { type RelayedStream, relayStream } from '../streaming/sse.js'
 import type { Served } from '../upstream/attempt.js'
 
@@ -24,7 +24,7 @@ export function commit(reply: FastifyReply, served: Served, options: CommitOptio
   reply.code(response.statusCode)
   reply.headers(forwardableResponseHeaders(response.headers, false, options.secret))
   reply.header('x-proxy-attempts', String(options.attempts))
-  reply.header('x-proxy-model', options.model)
+  reply.header('x-proxy-model', headerSafe(options.model))
   if (firstChunks === undefined) {
     reply.send(body)
     return undefined
