@@ -4,6 +4,7 @@ import type { DestinationStream, Logger } from 'pino'
 import { createFallbackChain } from './chat/fallback-chain.js'
 import type { Config } from './config.js'
 import { breakerVerdict } from './failures.js'
+import { registerFrontDoor } from './front-door.js'
 import { Lifecycle } from './lifecycle.js'
 import { buildLogger } from './logging.js'
 import { createMetrics, type Metrics } from './metrics.js'
@@ -118,6 +119,8 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     keepAliveTimeout: config.server.keepAliveTimeoutMs,
     requestTimeout: config.server.requestTimeoutMs,
     http: {
+      // front-door.ts answers a missing Host in the error shape rather than Node's bare 400.
+      requireHostHeader: false,
       headersTimeout: config.server.headersTimeoutMs,
       requestTimeout: config.server.requestTimeoutMs,
       // Node checks these timeouts on this interval (default 30 s); keep it finer than the limits.
@@ -143,6 +146,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     done()
   })
   registerRequestLog(app, metrics, now)
+  registerFrontDoor(app)
   registerRouteTable(app, routes, lifecycle)
   app.setErrorHandler(replyWithError)
   app.addHook('onClose', async () => {

@@ -35,6 +35,11 @@ export const ERROR_REGISTRY = Object.freeze({
     message: 'The request headers or body did not arrive in time',
   },
   method_not_allowed: { status: 405, type: 'invalid_request_error', message: 'Method not allowed' },
+  expectation_failed: {
+    status: 417,
+    type: 'invalid_request_error',
+    message: 'Only "Expect: 100-continue" is supported',
+  },
   request_too_large: { status: 413, type: 'invalid_request_error', message: 'Request body is too large' },
   headers_too_large: { status: 431, type: 'invalid_request_error', message: 'Request headers are too large' },
   unsupported_media_type: {

@@ -1349,37 +1349,10 @@ interface KnownBug {
 
 const KNOWN_BUGS: readonly KnownBug[] = [
   {
-    id: 'host-header',
-    summary:
-      'HTTP/1.1 without Host: Node answers 400 itself (empty chunked body, no error shape, no x-request-id); with two Host lines the request is served. RFC 9112 §3.2: 400 for both, here in the error shape.',
-    matches: (c) => {
-      const hosts = headerValues(c.allHeaders(), 'host').length
-      return hosts > 1 || (hosts === 0 && c.version === 'HTTP/1.1')
-    },
-  },
-  {
     id: 'upgrade-broken-body',
     summary:
       'Connection: Upgrade + Upgrade: websocket with a broken or incomplete body (bad chunk size, Content-Length longer than the body): no answer at all, the socket is closed after the half-close (or held open until the request timeout without one); the same request without Upgrade gets 400 in the error shape.',
     matches: (c) => headerValues(c.allHeaders(), 'upgrade').length > 0 && !['length', 'chunked', 'none'].includes(c.framing),
-  },
-  {
-    id: 'expect',
-    summary:
-      'Expect other than 100-continue: Node answers 417 with an empty body (no error shape). Should be the error shape, or the expectation ignored (RFC 9110 §10.1.1 makes 417 a MAY).',
-    matches: (c) => c.version === 'HTTP/1.1' && headerValues(c.allHeaders(), 'expect').some((e) => e.toLowerCase() !== '100-continue'),
-  },
-  {
-    id: 'connect',
-    summary:
-      'CONNECT: Node destroys the socket (no "connect" listener), so the client gets no answer at all. Should be an error-shape refusal (400/405).',
-    matches: (c) => c.method === 'CONNECT',
-  },
-  {
-    id: 'fragment-as-query',
-    summary:
-      'A "#fragment" in the request-target is kept in req.url, and a "?" inside it is taken as the query: POST /chat/completions#?x is forwarded upstream as /chat/completions?x (GET /models#?x as /models?x). Should be 400 or the fragment dropped.',
-    matches: (c) => c.target.includes('#'),
   },
 ]
 

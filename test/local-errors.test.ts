@@ -192,3 +192,30 @@ t.test('a body nested too deeply to rewrite, with request fallbacks: 400 before 
   t.equal(upstream.requests.length, 0, 'nothing reached the upstream')
   t.notMatch(proxy.logText(), /unexpected error/)
 })
+
+t.test('what HTTP says to refuse is refused in the error shape: Host, Expect, CONNECT, a #fragment', async (t) => {
+  const upstream = await startFakeUpstream(t, (_req, res) => sendJson(res, 200, completion(MODEL)))
+  const proxy = await startProxy(t, { upstreamUrl: upstream.url })
+  const body = JSON.stringify({ model: MODEL, messages: [] })
+  const chatHead = (target: string, extra: string) =>
+    `POST ${target} HTTP/1.1\r\n${extra}Authorization: Bearer sk-client\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`
+  const cases: ReadonlyArray<readonly [string, string, number, string]> = [
+    ['no Host in HTTP/1.1', chatHead('/chat/completions', ''), 400, 'invalid_request'],
+    ['two Host headers', chatHead('/chat/completions', 'Host: a\r\nHost: b\r\n'), 400, 'invalid_request'],
+    ['Expect other than 100-continue', chatHead('/chat/completions', 'Host: a\r\nExpect: 200-ok\r\n'), 417, 'expectation_failed'],
+    ['a #fragment that looks like a query', chatHead('/chat/completions#?x=1', 'Host: a\r\n'), 400, 'invalid_request'],
+    ['CONNECT', 'CONNECT /chat/completions HTTP/1.1\r\nHost: a\r\n\r\n', 405, 'method_not_allowed'],
+  ]
+  for (const [name, payload, status, code] of cases) {
+    const answer = await rawExchange(proxy.url, payload)
+    const [head = '', text = ''] = answer.split('\r\n\r\n')
+    t.match(head, new RegExp(`^HTTP/1\\.1 ${status} `), `${name}: ${status}`)
+    t.match(head, /x-should-retry: false/i, `${name}: x-should-retry`)
+    t.match(head, /x-request-id: \S+/i, `${name}: x-request-id`)
+    const chunked = /transfer-encoding: chunked/i.test(head)
+    const json = chunked ? (text.split('\r\n')[1] ?? '') : text
+    t.equal((JSON.parse(json) as { error: { code: string } }).error.code, code, `${name}: ${code}`)
+  }
+  t.equal(upstream.requests.length, 0, 'none of them reached the upstream')
+  await stillServes(t, proxy.url)
+})

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { STATUS_CODES } from 'node:http'
-import type { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { ProxyError, proxyError } from '../errors.js'
 
@@ -70,17 +70,25 @@ export function toProxyError(error: unknown): ProxyError {
 }
 
 /** Requests Node's parser rejects (hostile headers, bad framing) still get the error shape. */
-export function answerMalformedRequest(error: Error & { code?: string }, socket: Socket): void {
-  if (!socket.writable) {
-    socket.destroy()
-    return
-  }
+export function answerMalformedRequest(error: Error & { code?: string }, socket: Duplex): void {
   const rejection =
     error.code === 'HPE_HEADER_OVERFLOW'
       ? proxyError('headers_too_large')
       : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? proxyError('request_timeout')
         : proxyError('invalid_request', 'Malformed HTTP request')
+  writeRawError(socket, rejection)
+}
+
+/**
+ * Writes an error straight to a socket and closes it, for requests that never reach Fastify (the
+ * parser refused them, or Node handed over the socket itself, as for CONNECT).
+ */
+export function writeRawError(socket: Duplex, rejection: ProxyError): void {
+  if (!socket.writable) {
+    socket.destroy()
+    return
+  }
   const body = JSON.stringify(rejection.toBody())
   socket.end(
     `HTTP/1.1 ${rejection.status} ${STATUS_CODES[rejection.status] ?? ''}\r\n` +
@@ -90,5 +98,7 @@ export function answerMalformedRequest(error: Error & { code?: string }, socket:
       'x-should-retry: false\r\n' +
       'connection: close\r\n\r\n' +
       body,
+    // The server keeps half-open sockets; one the client never closes would hold a shutdown open.
+    () => socket.destroy(),
   )
 }
