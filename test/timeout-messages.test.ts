@@ -29,43 +29,30 @@ function openStream(res: ServerResponse): void {
   res.flushHeaders()
 }
 
-t.test('a stream with headers and then no event: 504 upstream_timeout naming "300 ms", no fraction', async (t) => {
-  const upstream = await startFakeUpstream(t, async (_req, res) => {
-    openStream(res)
-    await closed(res)
-  })
-  const proxy = await startProxy(t, {
-    upstreamUrl: upstream.url,
-    config: { upstream: { firstByteTimeoutMs: 300 }, retry: { maxAttempts: 1 } },
-  })
-  const error = await expectErrorShape(t, await chat(proxy.url, true), { status: 504, type: 'server_error', code: 'upstream_timeout' })
-  t.match(error.message, /\b300 ms\b/, `names the timeout: ${error.message}`)
-  t.notMatch(error.message, DECIMAL, 'no decimal number')
-  t.equal(upstream.requests.length, 1)
-})
+/** Upstreams that never answer in time, each against the one timeout that applies to it. */
+const SILENT_UPSTREAMS = [
+  { name: 'a stream with headers and then no event', stream: true, timeout: { firstByteTimeoutMs: 300 }, sendsHeaders: true },
+  { name: 'a stream whose upstream sends no headers', stream: true, timeout: { firstByteTimeoutMs: 300 }, sendsHeaders: false },
+  { name: 'a non-streaming upstream that never sends headers', stream: false, timeout: { responseTimeoutMs: 300 }, sendsHeaders: false },
+] as const
 
-t.test('a stream whose upstream sends no headers: 504 upstream_timeout naming "300 ms", no fraction', async (t) => {
-  const upstream = await startFakeUpstream(t, (_req, res) => closed(res))
-  const proxy = await startProxy(t, {
-    upstreamUrl: upstream.url,
-    config: { upstream: { firstByteTimeoutMs: 300 }, retry: { maxAttempts: 1 } },
+for (const silent of SILENT_UPSTREAMS) {
+  t.test(`${silent.name}: 504 upstream_timeout naming "300 ms", no fraction`, async (t) => {
+    const upstream = await startFakeUpstream(t, async (_req, res) => {
+      if (silent.sendsHeaders) openStream(res)
+      await closed(res)
+    })
+    const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: { upstream: silent.timeout, retry: { maxAttempts: 1 } } })
+    const error = await expectErrorShape(t, await chat(proxy.url, silent.stream), {
+      status: 504,
+      type: 'server_error',
+      code: 'upstream_timeout',
+    })
+    t.match(error.message, /\b300 ms\b/, `names the timeout: ${error.message}`)
+    t.notMatch(error.message, DECIMAL, 'no decimal number')
+    t.equal(upstream.requests.length, 1, 'one attempt')
   })
-  const error = await expectErrorShape(t, await chat(proxy.url, true), { status: 504, type: 'server_error', code: 'upstream_timeout' })
-  t.match(error.message, /\b300 ms\b/, `names the timeout: ${error.message}`)
-  t.notMatch(error.message, DECIMAL, 'no decimal number')
-})
-
-t.test('a non-streaming upstream that never sends headers: 504 upstream_timeout naming "300 ms", no fraction', async (t) => {
-  const upstream = await startFakeUpstream(t, (_req, res) => closed(res))
-  const proxy = await startProxy(t, {
-    upstreamUrl: upstream.url,
-    config: { upstream: { responseTimeoutMs: 300 }, retry: { maxAttempts: 1 } },
-  })
-  const error = await expectErrorShape(t, await chat(proxy.url, false), { status: 504, type: 'server_error', code: 'upstream_timeout' })
-  t.match(error.message, /\b300 ms\b/, `names the timeout: ${error.message}`)
-  t.notMatch(error.message, DECIMAL, 'no decimal number')
-  t.equal(upstream.requests.length, 1)
-})
+}
 
 t.test('a stream that stalls after its first event: the final error event names "300 ms", no fraction', async (t) => {
   const sent = chunkEvent(MODEL, 0, 'Hel')
