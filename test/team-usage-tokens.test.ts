@@ -92,7 +92,7 @@ t.test('usage on a chunk that also carries content is kept; CRLF events; nothing
 })
 
 t.test('a cut stream: the held-back partial event is handed out at the end, usage unknown', async (t) => {
-  const cut = CONTENT.join('') + 'data: {"id":"gen-456","choices":[{"delta":{"content":"par'
+  const cut = `${CONTENT.join('')}data: {"id":"gen-456","choices":[{"delta":{"content":"par`
   const { out, usage } = tapped(Buffer.from(cut), [], true)
   t.equal(out, cut)
   t.equal(usage, undefined)
