@@ -9,6 +9,9 @@ import { openTeamService } from '../src/team/team-service.js'
 
 /** The real CLI (`keys …`, `usage …`) in a child process, on a temp SQLite store, without TOPROUTER_API_KEY. */
 
+// About twenty spawns of the real CLI, each a second of tsx start-up: more than the default 60 s on a busy 2-core machine.
+t.setTimeout(180_000)
+
 interface CliResult {
   readonly status: number | null
   readonly stdout: string
@@ -88,7 +91,12 @@ t.test('round trip: create → list → show → update → revoke → usage, ta
   t.equal(String(bob.prefix), String(bob.key).slice(0, 12))
   const bobSecret = String(bob.key)
 
-  const list = await cli(['keys', 'list', ...config])
+  // Read-only commands run side by side: each spawn costs a second of tsx start-up.
+  const [list, listJsonResult, aliceShown] = await Promise.all([
+    cli(['keys', 'list', ...config]),
+    cli(['keys', 'list', '--json', ...config]),
+    cli(['keys', 'show', 'alice', '--json', ...config]),
+  ])
   t.equal(list.status, 0)
   const [header, ...rows] = list.stdout.trimEnd().split('\n')
   t.match(header, /^NAME\s+ID\s+PREFIX\s+STATUS\s+RPM\s+TPM\s+CONCURRENT\s+BUDGET\s+MODELS\s+EXPIRES$/)
@@ -98,13 +106,13 @@ t.test('round trip: create → list → show → update → revoke → usage, ta
     /^alice\s+key_\S+\s+tpk_\S+\s+active\s+5\s+1000\s+2\s+100 tokens and \$2\.5 per month\s+google\/\*,anthropic\/\*\s+20\d\d-/,
   )
   t.equal(header?.indexOf('ID'), rows[1]?.indexOf('key_'), 'columns are aligned')
-  const listJson = json(await cli(['keys', 'list', '--json', ...config]))
+  const listJson = json(listJsonResult)
   t.same(
     (listJson.data as Array<{ name: string }>).map((key) => key.name),
     ['alice', 'bob'],
   )
 
-  const aliceJson = json(await cli(['keys', 'show', 'alice', '--json', ...config]))
+  const aliceJson = json(aliceShown)
   t.match(aliceJson, { name: 'alice', rpm: 5, tpm: 1000, maxConcurrent: 2, budgetTokens: 100, budgetUsd: 2.5, budgetPeriod: 'month' })
   const shownById = await cli(['keys', 'show', String(aliceJson.id), ...config])
   t.match(shownById.stdout, /^id:\s+key_/)
@@ -118,7 +126,6 @@ t.test('round trip: create → list → show → update → revoke → usage, ta
   const revoked = await cli(['keys', 'revoke', 'bob', ...config])
   t.equal(revoked.status, 0)
   t.match(revoked.stdout, /status:\s+revoked/)
-  t.match(json(await cli(['keys', 'show', 'bob', '--json', ...config])).revokedAt, /^20\d\d-/)
 
   const team = await openTeamService(storeUrl)
   const time = new Date()
@@ -157,30 +164,32 @@ t.test('round trip: create → list → show → update → revoke → usage, ta
   ])
   await team.close()
 
-  const usage = await cli(['usage', ...config])
+  const [usage, usageJson, byModel, byDay, beforeAll, bobShown] = await Promise.all([
+    cli(['usage', ...config]),
+    cli(['usage', '--json', ...config]),
+    cli(['usage', '--key', 'alice', '--since', '7d', '--by', 'model', '--json', ...config]),
+    cli(['usage', '--by', 'day', '--json', ...config]),
+    cli(['usage', '--until', '2020-01-01', '--json', ...config]),
+    cli(['keys', 'show', 'bob', '--json', ...config]),
+  ])
+  t.match(json(bobShown).revokedAt, /^20\d\d-/, 'the revocation is stored')
   t.equal(usage.status, 0, usage.stderr)
   t.match(usage.stdout, /^KEY\s+REQUESTS\s+ERRORS\s+PROMPT\s+COMPLETION\s+TOTAL\s+COST_USD\n/)
   t.match(usage.stdout, /alice\s+1\s+0\s+10\s+50\s+60\s+0\.500000/)
   t.match(usage.stdout, /bob\s+1\s+1\s+0\s+0\s+0\s+unknown/)
-  t.same(json(await cli(['usage', '--key', 'alice', '--since', '7d', '--by', 'model', '--json', ...config])), {
+  t.same((json(usageJson).data as unknown[]).length, 2)
+  t.same(json(byModel), {
     data: [{ group: 'openai/gpt-5', requests: 1, errors: 0, promptTokens: 10, completionTokens: 50, totalTokens: 60, costUsd: 0.5 }],
   })
   const day = time.toISOString().slice(0, 10)
   t.same(
-    (json(await cli(['usage', '--by', 'day', '--json', ...config])).data as Array<{ group: string }>).map((row) => row.group),
+    (json(byDay).data as Array<{ group: string }>).map((row) => row.group),
     [day],
   )
-  t.same(json(await cli(['usage', '--until', '2020-01-01', '--json', ...config])), { data: [] })
+  t.same(json(beforeAll), { data: [] })
 
   t.test("the secrets appear only in create's output", async (t) => {
-    const others = [
-      list,
-      shownById,
-      revoked,
-      usage,
-      await cli(['keys', 'list', '--json', ...config]),
-      await cli(['usage', '--json', ...config]),
-    ]
+    const others = [list, listJsonResult, aliceShown, shownById, revoked, usage, usageJson, byModel, bobShown]
     for (const result of others) {
       t.notOk(result.stdout.includes(secret) || result.stderr.includes(secret), "alice's secret not shown")
       t.notOk(result.stdout.includes(bobSecret) || result.stderr.includes(bobSecret), "bob's secret not shown")
