@@ -48,7 +48,7 @@ export async function runTeamCli(argv: readonly string[], io: CliIo): Promise<nu
   const now = io.now ?? (() => new Date())
   try {
     const [command, ...rest] = argv
-    const plan = command === 'usage' ? planUsage(rest, now()) : planKeys(rest)
+    const plan = command === 'usage' ? planUsage(rest, now()) : planKeys(rest, now())
     const config = loadConfig({
       configPath: plan.values.config as string | undefined,
       env: io.env,
@@ -93,13 +93,13 @@ function parse(args: readonly string[], options: NonNullable<ParseArgsConfig['op
   return parsed
 }
 
-function planKeys(args: readonly string[]): Plan {
+function planKeys(args: readonly string[], now: Date): Plan {
   const [subcommand, ...rest] = args
   switch (subcommand) {
     case 'create': {
       const { values } = parse(rest, { ...COMMON_OPTIONS, ...KEY_FIELD_OPTIONS }, 0, 'keys create --name NAME [flags]')
       if (values.name === undefined) throw new TeamError('invalid', '--name is required (usage: keys create --name NAME [flags])')
-      const fields = keyFieldsFromFlags(values)
+      const fields = keyFieldsFromFlags(values, now)
       return {
         values,
         async run(team, io, json) {
@@ -136,7 +136,7 @@ function planKeys(args: readonly string[]): Plan {
     }
     case 'update': {
       const { values, positionals } = parse(rest, { ...COMMON_OPTIONS, ...KEY_FIELD_OPTIONS }, 1, 'keys update NAME|ID [flags]')
-      const fields = keyFieldsFromFlags(values)
+      const fields = keyFieldsFromFlags(values, now)
       if (Object.keys(fields).length === 0) throw new TeamError('invalid', 'keys update needs at least one field flag, e.g. --rpm 60')
       const idOrName = positionals[0] ?? ''
       return {
@@ -181,7 +181,7 @@ function planUsage(args: readonly string[], now: Date): Plan {
   }
 }
 
-function keyFieldsFromFlags(values: Values): KeyFields {
+function keyFieldsFromFlags(values: Values, now: Date): KeyFields {
   const fields: Record<string, unknown> = {}
   const text = (flag: string) => values[flag] as string | undefined
   if (text('name') !== undefined) fields.name = text('name')
@@ -216,7 +216,7 @@ function keyFieldsFromFlags(values: Values): KeyFields {
   const expires = text('expires')
   if (expires !== undefined) {
     // Checked here so the message names the flag; the service parses the same text again.
-    if (expires !== 'never') parseTimeInput('--expires', expires, new Date(), 'future')
+    if (expires !== 'never') parseTimeInput('--expires', expires, now, 'future')
     fields.expiresAt = expires === 'never' ? null : expires
   }
   return fields

@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto'
 import { type Kysely, type RawBuilder, sql } from 'kysely'
-import { MIGRATION_NAMES } from './migrations.js'
 import type { Database, KeyRow, KeyRowChanges, UsageRow } from './schema.js'
 import { StoreConflictError, type TeamStore, type UsageGrouping, type UsageQuery, type UsageSummaryRow } from './store.js'
 
@@ -54,7 +53,7 @@ export function createKyselyStore(options: KyselyStoreOptions): TeamStore {
     },
     async appliedMigrations() {
       const rows = await sql<{ name: string }>`select name from kysely_migration order by name`.execute(db)
-      return rows.rows.map((row) => row.name).filter((name) => MIGRATION_NAMES.includes(name))
+      return rows.rows.map((row) => row.name)
     },
     close: options.close,
   }

@@ -54,8 +54,6 @@ const MIGRATIONS: Record<string, Migration> = {
   },
 }
 
-export const MIGRATION_NAMES: readonly string[] = Object.keys(MIGRATIONS)
-
 export const migrationProvider: MigrationProvider = {
   getMigrations: async () => MIGRATIONS,
 }

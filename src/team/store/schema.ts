@@ -1,5 +1,3 @@
-import type { Generated } from 'kysely'
-
 /**
  * The tables as Kysely sees them. Times are ISO 8601 UTC text (`toISOString()`), which sorts and
  * compares as time in SQLite and PostgreSQL alike; JSON columns are text; booleans are 0/1 integers.
@@ -56,6 +54,3 @@ export interface UsageTable {
 export type UsageRow = Omit<UsageTable, 'id'>
 export type KeyRow = KeysTable
 export type KeyRowChanges = Partial<Omit<KeysTable, 'id' | 'secret_hash' | 'prefix' | 'created_at'>>
-
-/** Generated is re-exported so a later table with a database-made column has the type at hand. */
-export type { Generated }
