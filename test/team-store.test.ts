@@ -306,3 +306,22 @@ t.test('keys and usage survive close and reopen', async (t) => {
   t.same(await second.keys.findBySecret(secret), record)
   t.equal((await second.usage.summarizeUsage({ by: 'key' }))[0]?.requests, 1)
 })
+
+t.test("two processes worth of connections on one file: each sees the other's writes (WAL, busy timeout)", async (t) => {
+  const { storeUrl } = tempStore(t)
+  const server = await openTeamService(storeUrl)
+  const cli = await openTeamService(storeUrl)
+  t.teardown(async () => {
+    await server.close()
+    await cli.close()
+  })
+  const created = await cli.keys.createKey({ name: 'frank' })
+  t.same(await server.keys.findBySecret(created.secret), created.record, 'a key the CLI creates is found by the server')
+  // One after the other: in one process, better-sqlite3's busy wait is synchronous, so a second
+  // connection waiting on the first's open transaction would block the very thread that commits it.
+  // Across processes (the CLI beside a server) the busy timeout simply waits.
+  await server.usage.recordUsage([usageRecord({ keyId: created.record.id, time: NOW })])
+  await cli.keys.updateKey('frank', { rpm: 3 })
+  t.equal((await server.keys.getKey('frank')).rpm, 3)
+  t.equal((await cli.usage.summarizeUsage({ by: 'key' }))[0]?.requests, 1)
+})
