@@ -307,7 +307,7 @@ t.test('keys and usage survive close and reopen', async (t) => {
   t.equal((await second.usage.summarizeUsage({ by: 'key' }))[0]?.requests, 1)
 })
 
-t.test("two processes worth of connections on one file: each sees the other's writes (WAL, busy timeout)", async (t) => {
+t.test('a second connection on the same file (the CLI beside a running server) sees and makes writes', async (t) => {
   const { storeUrl } = tempStore(t)
   const server = await openTeamService(storeUrl)
   const cli = await openTeamService(storeUrl)
