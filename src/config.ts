@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import { type Static, type TProperties, Type } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
 import { parse as parseYaml } from 'yaml'
+import { parseStoreUrl } from './team/store/store-url.js'
 
 /**
  * Configuration: defaults < YAML file < environment < flags, validated once against one JSON
@@ -26,6 +27,7 @@ type DeepReadonly<T> = T extends readonly (infer Item)[]
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
 
+const LIMIT_DEFAULT = Type.Integer({ minimum: 0, default: 0 })
 const ms = (defaultMs: number, minimum = 0) => Type.Integer({ minimum, default: defaultMs })
 const section = <T extends TProperties>(properties: T) => Type.Object(properties, { additionalProperties: false, default: {} })
 
@@ -73,6 +75,24 @@ export const CONFIG_SCHEMA = Type.Object(
       requestTimeoutMs: ms(60000, 1),
       keepAliveTimeoutMs: ms(72000, 1),
     }),
+    team: section({
+      enabled: Type.Boolean({ default: false }),
+      storeUrl: Type.String({ minLength: 1, default: 'sqlite:toprouter-proxy.db' }),
+      redisUrl: Type.String({ default: '' }),
+      keyCacheTtlMs: ms(5000),
+      usageFlushMs: ms(1000, 1),
+      maxQueueWaitMs: ms(0),
+      redisFailure: Type.Unsafe<'open' | 'closed'>({ type: 'string', enum: ['open', 'closed'], default: 'open' }),
+      defaults: section({ rpm: LIMIT_DEFAULT, tpm: LIMIT_DEFAULT, maxConcurrent: LIMIT_DEFAULT }),
+      prices: Type.Record(
+        Type.String({ minLength: 1 }),
+        Type.Object(
+          { inputPerMTok: Type.Number({ minimum: 0 }), outputPerMTok: Type.Number({ minimum: 0 }) },
+          { additionalProperties: false },
+        ),
+        { default: {} },
+      ),
+    }),
     log: section({
       // A plain enum, not TypeBox's union of literals (anyOf), so a bad value gets one "must be one of" error.
       level: Type.Unsafe<LogLevel>({ type: 'string', enum: LOG_LEVELS, default: 'info' }),
@@ -90,6 +110,11 @@ export class ConfigError extends Error {
 }
 
 export interface ConfigSources {
+  /**
+   * False for the CLI subcommands (keys, usage), which work on the store without the upstream key.
+   * @default true
+   */
+  readonly forServing?: boolean
   /** Path of the YAML file, if any (from --config or TOPROUTER_PROXY_CONFIG). */
   readonly configPath?: string | undefined
   readonly env?: Readonly<Record<string, string | undefined>>
@@ -162,9 +187,20 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     }
   }
 
+  if (parseStoreUrl(raw.team.storeUrl) === undefined) {
+    throw new ConfigError(
+      `config error: team.storeUrl must be sqlite:<path> or postgres://user@host:5432/db, found ${describeValue(raw.team.storeUrl)}${originOf(origins, 'team.storeUrl')}`,
+    )
+  }
+
   const apiKey = nonEmpty(env.TOPROUTER_API_KEY)
   if (apiKey !== undefined && !/^[\x21-\x7e]+$/.test(apiKey)) {
     throw new ConfigError('config error: TOPROUTER_API_KEY must be printable ASCII without spaces, found a value with other characters')
+  }
+  if ((sources.forServing ?? true) && raw.team.enabled && apiKey === undefined) {
+    throw new ConfigError(
+      `config error: team.enabled is true${originOf(origins, 'team.enabled')} but TOPROUTER_API_KEY is not set: in team mode the proxy holds the upstream key and members present gateway keys`,
+    )
   }
   return deepFreeze({ ...raw, upstream, apiKey })
 }
@@ -198,11 +234,15 @@ function readYamlFile(path: string, readFile: (path: string) => string): RawConf
 
 function describeSchemaError(error: ErrorObject | undefined, raw: RawConfig, origins: Map<string, Origin>): string {
   if (error === undefined) return 'config error: invalid configuration'
-  const segments = error.instancePath.split('/').filter(Boolean)
+  // JSON Pointer escapes: a model id such as a/b is the segment a~1b.
+  const segments = error.instancePath
+    .split('/')
+    .filter(Boolean)
+    .map((segment) => segment.replaceAll('~1', '/').replaceAll('~0', '~'))
   if (error.keyword === 'additionalProperties') {
     const extra = String((error.params as { additionalProperty: string }).additionalProperty)
     const where = [...segments, extra].join('.')
-    const known = segments.length === 0 ? Object.keys(CONFIG_SCHEMA.properties) : knownKeys(segments[0] ?? '')
+    const known = knownKeys(segments)
     return `config error: unknown key "${where}" (known keys here: ${known.join(', ')})`
   }
   const path = segments.join('.')
@@ -231,9 +271,15 @@ function expectation(error: ErrorObject): string {
   }
 }
 
-function knownKeys(sectionName: string): string[] {
-  const sectionSchema = (CONFIG_SCHEMA.properties as Record<string, { properties?: object }>)[sectionName]
-  return Object.keys(sectionSchema?.properties ?? {})
+function knownKeys(segments: readonly string[]): string[] {
+  type Node = { properties?: Record<string, Node> }
+  const node = segments.reduce<Node | undefined>((schema, key) => schema?.properties?.[key], CONFIG_SCHEMA as Node)
+  return Object.keys(node?.properties ?? {})
+}
+
+function originOf(origins: Map<string, Origin>, path: string): string {
+  const origin = origins.get(path)
+  return origin === undefined ? '' : ` (${origin})`
 }
 
 function describeValue(value: unknown): string {

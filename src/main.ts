@@ -6,6 +6,7 @@ import { buildApp } from './app.js'
 import { type Config, ConfigError, loadConfig } from './config.js'
 import { drainLogs } from './logging.js'
 import { drain } from './shutdown.js'
+import { TEAM_CLI_HELP } from './team/cli-help.js'
 
 /** The CLI: flags → config → app → listen, and a graceful drain on SIGTERM/SIGINT. */
 
@@ -14,6 +15,7 @@ const EXIT_BAD_CONFIG = 2
 const HELP = `toprouter-proxy — a dependable local proxy in front of TopRouter (https://toprouter.cc)
 
 Usage: toprouter-proxy [options]
+       toprouter-proxy keys|usage … (below)
 
 Options:
   --config <path>    YAML config file (also TOPROUTER_PROXY_CONFIG); see config.example.yaml
@@ -24,6 +26,7 @@ Options:
   --help             show this help
   --version          print the version
 
+${TEAM_CLI_HELP}
 Environment: TOPROUTER_API_KEY (the upstream key; replaces the client's Authorization),
 TOPROUTER_BASE_URL, HOST, PORT, LOG_LEVEL, TOPROUTER_PROXY_CONFIG.
 Precedence: defaults < config file < environment < flags.
@@ -63,7 +66,19 @@ function describeConfig(config: Config): string {
 }
 
 async function main(): Promise<void> {
-  const flags = parseFlags(process.argv.slice(2))
+  const argv = process.argv.slice(2)
+  if (argv[0] === 'keys' || argv[0] === 'usage') {
+    // Loaded only for these subcommands: the server path never loads the store or its native binding.
+    const { runTeamCli } = await import('./team/cli.js')
+    process.exitCode = await runTeamCli(argv, {
+      stdout: (text) => process.stdout.write(text),
+      stderr: (text) => process.stderr.write(text),
+      env: process.env,
+      cwd: process.cwd(),
+    })
+    return
+  }
+  const flags = parseFlags(argv)
   if (flags.help) {
     process.stdout.write(HELP)
     return

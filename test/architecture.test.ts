@@ -61,3 +61,20 @@ t.test('below the routes, nothing knows the HTTP framework', async (t) => {
     t.same(upward.map(name), [], `${name(file)} imports nothing from the routes, the reply or the app`)
   }
 })
+
+t.test('the team store stays out of the server path until team mode plugs it in', async (t) => {
+  // Off by default: the local and sidecar modes load neither the store nor its native binding.
+  const reachable = new Set<string>()
+  const visit = (file: string) => {
+    if (reachable.has(file)) return
+    reachable.add(file)
+    for (const next of graph.get(file)?.local ?? []) visit(next)
+  }
+  visit(join(SRC, 'main.ts'))
+  const teamFiles = [...reachable].map(name).filter((file) => /^team[/\\]/.test(file))
+  t.same(teamFiles.sort(), ['team/cli-help.ts', 'team/store/store-url.ts'], 'only leaves: the help text and storeUrl parsing')
+  t.notOk(
+    [...reachable].some((file) => graph.get(file)?.packages.some((pkg) => pkg === 'better-sqlite3' || pkg === 'kysely')),
+    'no static import of the store libraries',
+  )
+})

@@ -125,6 +125,37 @@ const badConfigs: Array<{ name: string; load: () => unknown; message: RegExp }> 
     message: /cannot read config file \/nonexistent\/config\.yaml/,
   },
   {
+    name: 'an unparseable team.storeUrl',
+    load: () => fromYaml('team: { storeUrl: "mysql://db/x" }'),
+    message: /team\.storeUrl must be sqlite:<path> or postgres:\/\/user@host:5432\/db, found "mysql:\/\/db\/x" \(in cfg\.yaml\)/,
+  },
+  { name: 'a sqlite: storeUrl without a path', load: () => fromYaml('team: { storeUrl: "sqlite:" }'), message: /team\.storeUrl must be/ },
+  {
+    name: 'a negative team limit',
+    load: () => fromYaml('team: { defaults: { rpm: -1 } }'),
+    message: /team\.defaults\.rpm must be a number >= 0, found -1/,
+  },
+  {
+    name: 'a negative price',
+    load: () => fromYaml('team: { prices: { "a/b": { inputPerMTok: -1, outputPerMTok: 1 } } }'),
+    message: /team\.prices\.a\/b\.inputPerMTok must be a number >= 0, found -1/,
+  },
+  {
+    name: 'a misspelt team default',
+    load: () => fromYaml('team: { defaults: { rpn: 1 } }'),
+    message: /unknown key "team\.defaults\.rpn" \(known keys here: rpm, tpm, maxConcurrent\)/,
+  },
+  {
+    name: 'an unknown redisFailure',
+    load: () => fromYaml('team: { redisFailure: maybe }'),
+    message: /team\.redisFailure must be one of open, closed, found "maybe"/,
+  },
+  {
+    name: 'team.enabled without TOPROUTER_API_KEY',
+    load: () => fromYaml('team: { enabled: true }'),
+    message: /team\.enabled is true \(in cfg\.yaml\) but TOPROUTER_API_KEY is not set/,
+  },
+  {
     name: 'a key with a space',
     load: () => fromYaml('', { TOPROUTER_API_KEY: 'sk-a b' }),
     message: /TOPROUTER_API_KEY must be printable ASCII/,
@@ -142,6 +173,30 @@ for (const c of badConfigs) {
     }
   })
 }
+
+t.test('team: defaults, and the upstream key required only when serving', async (t) => {
+  const defaults = loadConfig({}).team
+  t.same(defaults, {
+    enabled: false,
+    storeUrl: 'sqlite:toprouter-proxy.db',
+    redisUrl: '',
+    keyCacheTtlMs: 5000,
+    usageFlushMs: 1000,
+    maxQueueWaitMs: 0,
+    redisFailure: 'open',
+    defaults: { rpm: 0, tpm: 0, maxConcurrent: 0 },
+    prices: {},
+  })
+  const yaml = 'team: { enabled: true, storeUrl: "postgres://u@db:5432/gw", prices: { "a/b": { inputPerMTok: 0.3, outputPerMTok: 2.5 } } }'
+  const served = fromYaml(yaml, { TOPROUTER_API_KEY: 'sk-team' })
+  t.equal(served.team.enabled, true)
+  t.same(served.team.prices, { 'a/b': { inputPerMTok: 0.3, outputPerMTok: 2.5 } })
+  const forCli = loadConfig({ configPath: 'cfg.yaml', readFile: () => yaml, env: {}, forServing: false })
+  t.equal(forCli.team.enabled, true, 'the CLI loads a team config without the upstream key')
+  t.equal(forCli.apiKey, undefined)
+  t.equal(fromYaml('team: { storeUrl: "sqlite:/var/lib/gw.db" }').team.storeUrl, 'sqlite:/var/lib/gw.db')
+  t.equal(fromYaml('team: { storeUrl: "postgresql://db/gw" }').team.storeUrl, 'postgresql://db/gw')
+})
 
 const cli = (args: string[], env: Record<string, string> = {}) =>
   spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {

@@ -1,3 +1,4 @@
+import type { BudgetPeriod } from './key-fields.js'
 import type { TokenUsage } from './usage-tokens.js'
 
 /**
@@ -11,8 +12,6 @@ export interface ModelPrice {
   readonly inputPerMTok: number
   readonly outputPerMTok: number
 }
-
-export type BudgetPeriod = 'day' | 'week' | 'month' | 'total'
 
 /** The configured prices first, then what the model list said. */
 export function priceOf(

@@ -1,5 +1,6 @@
 import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible'
 import type { RequestSignal } from '../request-clock.js'
+import type { KeyLimits } from './keys.js'
 
 /**
  * A member key's request-time limits: requests per minute, tokens per minute (reserve an estimate,
@@ -9,12 +10,8 @@ import type { RequestSignal } from '../request-clock.js'
  * leaves the queue at once when its client does.
  */
 
-/** 0 means unlimited. */
-export interface KeyLimits {
-  readonly rpm: number
-  readonly tpm: number
-  readonly maxConcurrent: number
-}
+/** 0 means unlimited (keys.ts `effectiveLimits` resolves a key's own against `team.defaults`). */
+export type { KeyLimits }
 
 export type LimitName = 'rpm' | 'tpm' | 'concurrency'
 
