@@ -205,22 +205,25 @@ const spentQuotaCases = [
   },
 ]
 
-for (const c of spentQuotaCases) {
-  t.test(`a 429 with ${c.name}`, async (t) => {
-    const upstream = await startFakeUpstream(t, failOnceThen200(429, c.headers))
+/** One failure carrying a server pushback, then a 200: the gap between the attempts is the pushback. */
+function testServerWait(title: string, status: number, headers: Record<string, string>, waitMs: number): void {
+  t.test(title, async (t) => {
+    const upstream = await startFakeUpstream(t, failOnceThen200(status, headers))
     // random 0: our own backoff would be 0 ms, so the whole wait is the server's.
     const proxy = await startProxy(t, { upstreamUrl: upstream.url, random: () => 0 })
     await expectRetriedTo200(t, proxy, upstream)
     const gapMs = firstGapMs(upstream)
-    t.ok(gapMs >= c.waitMs, `waited at least ${c.waitMs} ms (${gapMs.toFixed(1)})`)
-    t.ok(gapMs < c.waitMs + 600, `and not much longer (${gapMs.toFixed(1)} ms)`)
+    t.ok(gapMs >= waitMs, `waited at least ${waitMs} ms (${gapMs.toFixed(1)})`)
+    t.ok(gapMs < waitMs + 600, `and not much longer (${gapMs.toFixed(1)} ms)`)
     t.same(
       retryLogs(proxy).map((line) => [line.delayMs, line.delaySource]),
-      [[c.waitMs, 'server']],
-      `logged as a ${c.waitMs} ms server pushback`,
+      [[waitMs, 'server']],
+      `logged as a ${waitMs} ms server pushback`,
     )
   })
 }
+
+for (const c of spentQuotaCases) testServerWait(`a 429 with ${c.name}`, 429, c.headers, c.waitMs)
 
 // ---------------------------------------------------------------------------------------------
 // 3. Retry-After and retry-after-ms count on a 5xx too
@@ -232,18 +235,7 @@ const retryAfterOn5xxCases = [
 ]
 
 for (const c of retryAfterOn5xxCases) {
-  t.test(`a 503 with ${c.name} (and TopRouter's x-ratelimit-* headers) waits that long`, async (t) => {
-    const upstream = await startFakeUpstream(t, failOnceThen200(503, c.headers))
-    const proxy = await startProxy(t, { upstreamUrl: upstream.url, random: () => 0 })
-    await expectRetriedTo200(t, proxy, upstream)
-    const gapMs = firstGapMs(upstream)
-    t.ok(gapMs >= c.waitMs, `waited at least ${c.waitMs} ms (${gapMs.toFixed(1)})`)
-    t.ok(gapMs < c.waitMs + 600, `and not much longer (${gapMs.toFixed(1)} ms)`)
-    t.same(
-      retryLogs(proxy).map((line) => [line.delayMs, line.delaySource]),
-      [[c.waitMs, 'server']],
-    )
-  })
+  testServerWait(`a 503 with ${c.name} (and TopRouter's x-ratelimit-* headers) waits that long`, 503, c.headers, c.waitMs)
 }
 
 // ---------------------------------------------------------------------------------------------

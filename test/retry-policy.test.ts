@@ -7,6 +7,7 @@ import {
   type RetryInput,
   serverPushbackMs,
 } from '../src/upstream/retry-policy.js'
+import { TOPROUTER_RATE_LIMIT_HEADERS } from './helpers/fake-upstream.js'
 
 const BACKOFF: BackoffOptions = { baseDelayMs: 500, maxDelayMs: 8000 }
 const half = () => 0.5
@@ -101,14 +102,7 @@ t.test('durations: garbage → undefined', async (t) => {
 })
 
 /** What TopRouter sends on every response, errors included: nothing here says "wait". */
-const TOPROUTER_HEADERS = {
-  'x-ratelimit-limit-requests': '60',
-  'x-ratelimit-remaining-requests': '59',
-  'x-ratelimit-reset-requests': '30s',
-  'x-ratelimit-limit-tokens': '1000000',
-  'x-ratelimit-remaining-tokens': '999000',
-  'x-ratelimit-reset-tokens': '15s',
-}
+const TOPROUTER_HEADERS = TOPROUTER_RATE_LIMIT_HEADERS
 const RETRYABLE_5XX = [500, 502, 503, 504]
 
 t.test('pushback: retry-after-ms and Retry-After alone, on a 429 and on every retryable 5xx', async (t) => {
