@@ -1,5 +1,5 @@
 import type { ProxyError } from '../errors.js'
-import { type Failure, failure, failureFrom } from '../failures.js'
+import { abortFailure, type Failure, failure, failureFrom, transportFailure } from '../failures.js'
 import type { RequestSignal } from '../request-clock.js'
 import { discardBody, type UpstreamResponse } from '../upstream/client.js'
 
@@ -74,8 +74,7 @@ export function awaitFirstEvent(body: Body, options: FirstEventOptions): Promise
           bodyTimeoutMs: options.firstByteTimeoutMs,
         }),
       )
-    const onAbort = () =>
-      settle(failureFrom(undefined, signal, { phase: 'first_event', connectTimeoutMs: 0, timeoutMs: 0, bodyTimeoutMs: 0 }))
+    const onAbort = () => settle(abortFailure(signal.reason ?? 'client_gone'))
     const timer = setTimeout(
       () => settle(failure('first_byte_timeout', `The upstream stream sent no event within ${Math.round(options.firstByteTimeoutMs)} ms`)),
       Math.max(1, options.waitMs),
@@ -128,8 +127,10 @@ export function relayStream(
   idleTimeoutMs: number,
 ): RelayedStream {
   const relay = new SseRelay(body, destination)
-  const relayContext = { phase: 'relay', connectTimeoutMs: 0, timeoutMs: idleTimeoutMs, bodyTimeoutMs: idleTimeoutMs } as const
-  body.on('error', (error: unknown) => relay.finish(failureFrom(error, NOT_ABORTED, relayContext)))
+  // After commit the client's leaving is seen on the destination, so an error here is the upstream's.
+  body.on('error', (error: unknown) =>
+    relay.finish(transportFailure(error, { phase: 'relay', connectTimeoutMs: 0, timeoutMs: idleTimeoutMs, bodyTimeoutMs: idleTimeoutMs })),
+  )
   body.on('end', () => relay.finish(undefined))
   destination.on('drain', () => relay.drained())
   destination.once('close', () => relay.destinationClosed())
@@ -146,9 +147,6 @@ export function relayStream(
   }
   return relay
 }
-
-/** After commit the client's leaving is seen on the destination, not through the request signal. */
-const NOT_ABORTED = { aborted: false, reason: undefined } as const
 
 const ENDING_OF_KIND: Readonly<Partial<Record<Failure['kind'], StreamEnding>>> = { stream_stalled: 'stalled', draining: 'drained' }
 

@@ -79,7 +79,7 @@ export function createRetrier(deps: RetrierDeps): Retrier {
   return {
     async run({ key, spec, clock, trace, log, hasNextModel }) {
       for (let attemptForModel = 1; ; attemptForModel++) {
-        if (clock.signal.aborted) return { ok: false, failure: abortFailure(clock.signal.reason ?? 'client_gone') }
+        if (clock.signal.aborted) return abortedOutcome(clock)
         clock.attempts += 1
         const startedAt = now()
         const outcome = await attemptOnce(key, spec, clock, trace)
@@ -93,8 +93,7 @@ export function createRetrier(deps: RetrierDeps): Retrier {
           clock.attempts -= 1 // nothing was sent
           return outcome
         }
-        // The client, the deadline or the drain ended it; that is the answer, whatever undici said.
-        if (clock.signal.aborted) return { ok: false, failure: abortFailure(clock.signal.reason ?? 'client_gone') }
+        if (clock.signal.aborted) return abortedOutcome(clock)
         metrics.attempt(key, failed.label)
         if (failed.verdict.nextModel === 'at_once' && (hasNextModel || !failed.verdict.retry)) return outcome
 
@@ -134,9 +133,14 @@ export function createRetrier(deps: RetrierDeps): Retrier {
           'retrying',
         )
         if (!(await waitUnlessAborted(decision.delayMs, clock.signal))) {
-          return { ok: false, failure: abortFailure(clock.signal.reason ?? 'client_gone') }
+          return abortedOutcome(clock)
         }
       }
     },
   }
+}
+
+/** The client, the deadline or the drain ended the request: that is the answer, whatever undici said. */
+function abortedOutcome(clock: RequestClock): RetryOutcome {
+  return { ok: false, failure: abortFailure(clock.signal.reason ?? 'client_gone') }
 }
