@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify'
 import type { DestinationStream, Logger } from 'pino'
+import { Registry } from 'prom-client'
 import { createFallbackChain } from './chat/fallback-chain.js'
 import type { Config } from './config.js'
 import { breakerVerdict } from './failures.js'
@@ -15,6 +16,7 @@ import { createChatCompletionsHandler } from './routes/chat-completions.js'
 import { createHealthHandlers } from './routes/health.js'
 import { createModelsHandlers, MODELS_BREAKER_KEY } from './routes/models.js'
 import { type RouteEntry, registerRouteTable } from './routes/table.js'
+import type { TeamMode } from './team/team-mode.js'
 import { createAttempter } from './upstream/attempt.js'
 import { type BreakerEvents, type BreakerRegistry, createBreakerRegistry } from './upstream/breakers.js'
 import { buildUpstreamClient, type UpstreamClient } from './upstream/client.js'
@@ -39,6 +41,8 @@ export interface AppDependencies {
   readonly now?: () => number
   /** Wall-clock milliseconds, for `Retry-After` HTTP-dates. */
   readonly wallClockNow?: () => number
+  /** Team mode, opened by the caller (team/team-mode.ts: the store is opened asynchronously); closed with the app. */
+  readonly team?: TeamMode
 }
 
 export interface ProxyApp {
@@ -58,6 +62,9 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const random = deps.random ?? Math.random
   const lifecycle = new Lifecycle()
   const metrics = createMetrics(configuredModels(config))
+  const team = deps.team
+  if (config.team.enabled !== (team !== undefined)) throw new Error('team.enabled and the team mode passed to buildApp disagree')
+  const metricsRegistry = team === undefined ? metrics.registry : Registry.merge([metrics.registry, team.registry])
 
   const breakerEvents: BreakerEvents = {
     onStateChange(model, from, to) {
@@ -87,9 +94,10 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const auth = createUpstreamAuth(config.apiKey)
   const routeDeps = { auth, budget, lifecycle, metrics, config, now }
 
-  const chat = createChatCompletionsHandler({ ...routeDeps, chain })
+  const chat = createChatCompletionsHandler({ ...routeDeps, chain, team: team?.gateway })
   const models = createModelsHandlers({
     ...routeDeps,
+    team: team?.gateway,
     retrier: createRetrier({ ...retrierDeps, breakers: modelsBreakers }),
     cache: createModelsCache({ ttlMs: config.models.cacheTtlMs, staleIfErrorMs: config.models.staleIfErrorMs, now }),
   })
@@ -103,7 +111,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     {
       method: 'GET',
       urls: ['/metrics'],
-      handler: async (_request, reply) => reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
+      handler: async (_request, reply) => reply.header('content-type', metricsRegistry.contentType).send(await metricsRegistry.metrics()),
     },
   ]
 
@@ -153,6 +161,8 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     breakers.shutdown()
     modelsBreakers.shutdown()
     await upstream.close()
+    // Last: every request has ended, so every usage record is queued.
+    await team?.close()
   })
 
   return { app, lifecycle, logger, metrics, breakers }

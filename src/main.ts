@@ -4,9 +4,11 @@ import { parseArgs } from 'node:util'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.js'
 import { type Config, ConfigError, loadConfig } from './config.js'
-import { drainLogs } from './logging.js'
+import { buildLogger, drainLogs } from './logging.js'
 import { drain } from './shutdown.js'
 import { TEAM_CLI_HELP } from './team/cli-help.js'
+import { shownStoreUrl } from './team/store/store-url.js'
+import type { TeamMode } from './team/team-mode.js'
 
 /** The CLI: flags → config → app → listen, and a graceful drain on SIGTERM/SIGINT. */
 
@@ -62,7 +64,8 @@ function parseFlags(argv: string[]) {
 
 function describeConfig(config: Config): string {
   const { apiKey, ...rest } = config
-  return JSON.stringify({ ...rest, apiKey: apiKey === undefined ? 'not set' : 'set (from TOPROUTER_API_KEY)' }, null, 2)
+  const team = { ...rest.team, storeUrl: shownStoreUrl(rest.team.storeUrl) }
+  return JSON.stringify({ ...rest, team, apiKey: apiKey === undefined ? 'not set' : 'set (from TOPROUTER_API_KEY)' }, null, 2)
 }
 
 async function main(): Promise<void> {
@@ -107,7 +110,20 @@ async function main(): Promise<void> {
     return
   }
 
-  const { app, lifecycle, logger } = buildApp(config)
+  const logger = buildLogger(config.log.level)
+  let team: TeamMode | undefined
+  if (config.team.enabled) {
+    try {
+      // Loaded only in team mode: the local and sidecar modes never load the store or its native binding.
+      const { openTeamMode } = await import('./team/team-mode.js')
+      team = await openTeamMode(config, { log: logger })
+    } catch (err: unknown) {
+      logger.fatal({ err }, `cannot open the team store ${shownStoreUrl(config.team.storeUrl)}`)
+      await drainLogs(logger)
+      process.exit(1)
+    }
+  }
+  const { app, lifecycle } = buildApp(config, { logger, ...(team === undefined ? {} : { team }) })
   closeWithGrace({ delay: null, logger: false }, async ({ signal, err }) => {
     if (err !== undefined) logger.error({ err }, 'fatal error, shutting down')
     logger.info({ signal, drainTimeoutMs: config.server.drainTimeoutMs }, 'draining: no new connections, waiting for in-flight requests')
@@ -134,7 +150,7 @@ async function main(): Promise<void> {
       host: config.listen.host,
       port,
       upstream: config.upstream.baseUrl,
-      auth: config.apiKey === undefined ? 'client Authorization forwarded' : 'TOPROUTER_API_KEY',
+      auth: team !== undefined ? 'team gateway keys' : config.apiKey === undefined ? 'client Authorization forwarded' : 'TOPROUTER_API_KEY',
     },
     `toprouter-proxy listening on ${config.listen.host}:${port}, forwarding to ${config.upstream.baseUrl}; use base_url ${baseUrl} in your OpenAI SDK${where}`,
   )

@@ -1,6 +1,8 @@
 import type { ServerResponse } from 'node:http'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Metrics } from './metrics.js'
+import type { RelayedStream } from './streaming/sse.js'
+import type { TeamRequest } from './team/gateway.js'
 import type { UpstreamTrace } from './upstream/attempt.js'
 
 /**
@@ -15,6 +17,10 @@ declare module 'fastify' {
     /** Set once the request's log line and metrics sample are written. */
     recorded: boolean
     receivedAtMs: number
+    /** The stream the relay is writing, once one is committed. */
+    relayedStream: RelayedStream | null
+    /** Team mode: the member's side of a chat request, finished here with its usage record. */
+    teamRequest: TeamRequest | null
   }
 }
 
@@ -32,13 +38,17 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics, now: 
   app.decorateRequest('upstreamTrace', null)
   app.decorateRequest('recorded', false)
   app.decorateRequest('receivedAtMs', 0)
+  app.decorateRequest('relayedStream', null)
+  app.decorateRequest('teamRequest', null)
 
   function recordRequest(request: FastifyRequest, status: number, clientGone: boolean): void {
     if (request.recorded) return
     request.recorded = true
     const trace = request.upstreamTrace
     const route = request.routeOptions.url ?? 'unmatched'
+    const ending = request.relayedStream?.ending ?? (clientGone && request.relayedStream !== null ? 'client_gone' : undefined)
     metrics.request(route, status, trace?.model)
+    request.teamRequest?.finish({ status, clientGone, servedBy: trace?.servedBy, attempts: trace?.attempts ?? 0 }, ending)
     request.log.info(
       {
         method: request.method,
@@ -50,6 +60,8 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics, now: 
         upstreamStatus: trace?.upstreamStatus,
         upstreamMs: trace?.upstreamMs,
         durationMs: Math.round(now() - request.receivedAtMs),
+        ...(ending === undefined ? {} : { ending }),
+        ...(request.teamRequest?.key === undefined ? {} : { keyName: request.teamRequest.key.name }),
         ...(clientGone ? { clientGone } : {}),
       },
       'request',

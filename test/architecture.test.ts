@@ -17,7 +17,8 @@ function sourceFiles(dir: string): string[] {
   )
 }
 
-const IMPORT = /^(?:import|export)[^'"]*from '([^']+)'/gm
+// Type-only imports are erased at build time: they load nothing.
+const IMPORT = /^(?:import|export)(?! type )[^'"]*from '([^']+)'/gm
 
 function importsOf(file: string): { local: string[]; packages: string[] } {
   const local: string[] = []

@@ -60,13 +60,21 @@ function isModelList(value: unknown): value is string[] {
   return Array.isArray(value) && value.length <= MAX_REQUEST_FALLBACKS && value.every((m) => typeof m === 'string' && m.trim() !== '')
 }
 
-/** The primary model, then the request's own `fallbacks`, then the configured ones; no repeats. */
-export function modelChain(chat: ChatRequest, configured: Config['fallbacks']): string[] {
+/**
+ * The primary model, then the request's own `fallbacks`, then the configured ones; no repeats,
+ * and only those `allows` lets through (the primary is checked before the chain runs).
+ */
+export function modelChain(chat: ChatRequest, configured: Config['fallbacks'], allows?: (model: string) => boolean): string[] {
   const chain = [chat.model]
   for (const model of [...chat.fallbacks, ...(configured[chat.model] ?? [])]) {
-    if (!chain.includes(model)) chain.push(model)
+    if (!chain.includes(model) && (allows === undefined || allows(model))) chain.push(model)
   }
   return chain
+}
+
+/** The same request with its fields changed (team mode asks a stream for its usage); the body is rewritten. */
+export function withFields(chat: ChatRequest, fields: Readonly<Record<string, unknown>>): ChatRequest {
+  return { ...chat, parsed: fields, body: rewritten(fields, chat.model) }
 }
 
 /** The primary's body for the primary; for another model, the body with `model` set and `fallbacks` stripped. */

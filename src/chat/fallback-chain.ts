@@ -22,6 +22,8 @@ export interface ChainRun {
   readonly clock: RequestClock
   readonly trace: UpstreamTrace
   readonly log: RetryLog
+  /** Team mode: a fallback the member's key may not use is skipped, never called. */
+  readonly allows?: ((model: string) => boolean) | undefined
 }
 
 export type ChainOutcome =
@@ -41,8 +43,8 @@ export interface FallbackChainDeps {
 export function createFallbackChain(deps: FallbackChainDeps): FallbackChain {
   const { retrier, metrics } = deps
   return {
-    async run({ chat, path, headers, clock, trace, log }) {
-      const chain = modelChain(chat, deps.fallbacks)
+    async run({ chat, path, headers, clock, trace, log, allows }) {
+      const chain = modelChain(chat, deps.fallbacks, allows)
       let model = chat.model
       for (let index = 0; ; index++) {
         const body = bodyFor(chat, model)

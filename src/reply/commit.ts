@@ -1,7 +1,7 @@
 import type { OutgoingHttpHeaders } from 'node:http'
 import type { FastifyReply } from 'fastify'
 import { forwardableResponseHeaders, headerSafe } from '../http-headers.js'
-import { type RelayedStream, relayStream } from '../streaming/sse.js'
+import { type ChunkTap, type RelayedStream, relayStream } from '../streaming/sse.js'
 import type { Served } from '../upstream/attempt.js'
 
 /**
@@ -16,13 +16,19 @@ export interface CommitOptions {
   /** The gateway's key: an upstream header that echoes it is not passed on. */
   readonly secret: string | undefined
   readonly streamIdleTimeoutMs: number
+  /** Team mode: the key's own `x-ratelimit-*`, which replace the upstream's (those describe the shared key). */
+  readonly rateLimitHeaders?: Readonly<Record<string, string>> | undefined
+  /** Team mode: sees a stream's chunks before the client (the usage tap). */
+  readonly tap?: ChunkTap | undefined
 }
 
 /** Sends the answer; for a stream, returns it as it is being relayed (its ending is known later). */
 export function commit(reply: FastifyReply, served: Served, options: CommitOptions): RelayedStream | undefined {
   const { response, firstChunks, body } = served
   reply.code(response.statusCode)
-  reply.headers(forwardableResponseHeaders(response.headers, false, options.secret))
+  const headers = forwardableResponseHeaders(response.headers, false, options.secret)
+  if (options.rateLimitHeaders !== undefined) replaceRateLimitHeaders(headers, options.rateLimitHeaders)
+  reply.headers(headers)
   reply.header('x-proxy-attempts', String(options.attempts))
   reply.header('x-proxy-model', headerSafe(options.model))
   if (firstChunks === undefined) {
@@ -36,5 +42,11 @@ export function commit(reply: FastifyReply, served: Served, options: CommitOptio
   // for a hijacked reply; request-log.ts records the request when the response closes.
   reply.hijack()
   reply.raw.writeHead(response.statusCode, reply.getHeaders() as OutgoingHttpHeaders)
-  return relayStream(response.body, firstChunks, reply.raw, options.streamIdleTimeoutMs)
+  return relayStream(response.body, firstChunks, reply.raw, options.streamIdleTimeoutMs, options.tap)
+}
+
+/** Drops the upstream's `x-ratelimit-*` and sets the key's own in their place. */
+export function replaceRateLimitHeaders(headers: Record<string, unknown>, own: Readonly<Record<string, string>>): void {
+  for (const name in headers) if (name.startsWith('x-ratelimit-')) delete headers[name]
+  Object.assign(headers, own)
 }

@@ -13,12 +13,18 @@ import { ProxyError, proxyError } from '../errors.js'
 /** Headers the renderer owns; an upstream's copies of them are never passed on with an error. */
 const RENDERER_OWNED = new Set(['content-type', 'content-length', 'x-should-retry', 'x-request-id'])
 
-export function sendError(reply: FastifyReply, error: ProxyError): FastifyReply {
+/**
+ * `rateLimitHeaders` (team mode): the member key's own `x-ratelimit-*`, sent instead of the
+ * upstream's, which describe the gateway's shared key.
+ */
+export function sendError(reply: FastifyReply, error: ProxyError, rateLimitHeaders?: Readonly<Record<string, string>>): FastifyReply {
   if (error.headers !== undefined) {
     for (const name in error.headers) {
-      if (!RENDERER_OWNED.has(name)) reply.header(name, error.headers[name])
+      if (RENDERER_OWNED.has(name) || (rateLimitHeaders !== undefined && name.startsWith('x-ratelimit-'))) continue
+      reply.header(name, error.headers[name])
     }
   }
+  if (rateLimitHeaders !== undefined) reply.headers(rateLimitHeaders)
   reply.code(error.status)
   reply.header('content-type', 'application/json; charset=utf-8')
   reply.header('x-should-retry', 'false')

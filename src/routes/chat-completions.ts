@@ -1,47 +1,76 @@
 import type { FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
-import { parseChatRequest } from '../chat/chat-request.js'
+import { parseChatRequest, withFields } from '../chat/chat-request.js'
 import type { ChainOutcome, FallbackChain } from '../chat/fallback-chain.js'
 import type { Failure } from '../failures.js'
 import type { Metrics } from '../metrics.js'
 import { commit } from '../reply/commit.js'
 import { sendError } from '../reply/render-error.js'
 import type { RelayedStream } from '../streaming/sse.js'
+import type { TeamGateway } from '../team/gateway.js'
 import { querySuffix } from './table.js'
 import { finishUpstreamRequest, startUpstreamRequest, type UpstreamRouteDeps } from './upstream-request.js'
 
 /**
- * `POST /chat/completions` (and `/v1/…`), in the order a request lives it: parse, authorise, run
- * the fallback chain within the request's clock, then commit what was served or render the
- * failure. A member key's check and limits belong right after the parse, before the chain.
+ * `POST /chat/completions` (and `/v1/…`), in the order a request lives it: in team mode the
+ * member's key first; parse; the key's allow-list; authorise upstream and start the clock; the
+ * key's budget and limits; run the fallback chain within the clock; then commit what was served
+ * or render the failure. The request log finishes the member's side (its usage record).
  */
 
 export interface ChatRouteDeps extends UpstreamRouteDeps {
   readonly chain: FallbackChain
+  /** Team mode's gateway; undefined in the local and sidecar modes. */
+  readonly team: TeamGateway | undefined
 }
 
 export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerMethod {
-  const { chain, lifecycle, metrics, config } = deps
+  const { chain, lifecycle, metrics, config, team } = deps
 
   return async function chatCompletions(request: FastifyRequest, reply: FastifyReply) {
-    const chat = parseChatRequest(request.body)
+    const member = team?.begin(request.id, request.receivedAtMs)
+    if (member !== undefined) {
+      request.teamRequest = member
+      await member.authenticate(request.headers.authorization)
+    }
+    let chat = parseChatRequest(request.body)
+    if (member !== undefined) {
+      member.allowModel(chat.model, chat.stream)
+      const fields = member.upstreamFields(chat.parsed)
+      if (fields !== undefined) chat = withFields(chat, fields)
+    }
     const started = startUpstreamRequest(deps, request, { model: chat.model, hasBody: true, followClient: reply.raw })
     const { headers, clock, trace } = started
     let outcome: ChainOutcome
     try {
-      outcome = await chain.run({ chat, path: `/chat/completions${querySuffix(request.url)}`, headers, clock, trace, log: request.log })
+      if (member !== undefined) await member.admit(chat, clock.signal, clock.deadlineAtMs)
+      outcome = await chain.run({
+        chat,
+        path: `/chat/completions${querySuffix(request.url)}`,
+        headers,
+        clock,
+        trace,
+        log: request.log,
+        allows: member?.allows,
+      })
     } finally {
       finishUpstreamRequest(started)
     }
-    if (!outcome.ok) return sendFailure(reply, outcome.failure, clock.attempts)
+    const rateLimitHeaders = member?.rateLimitHeaders
+    if (!outcome.ok) return sendFailure(reply, outcome.failure, clock.attempts, rateLimitHeaders)
 
     trace.servedBy = outcome.model
+    const streamed = outcome.served.firstChunks !== undefined
+    if (member !== undefined && !streamed) member.answered(outcome.served.body)
     const stream = commit(reply, outcome.served, {
       model: outcome.model,
       attempts: clock.attempts,
       secret: config.apiKey,
       streamIdleTimeoutMs: config.upstream.streamIdleTimeoutMs,
+      rateLimitHeaders,
+      tap: member !== undefined && streamed ? member.streamTap() : undefined,
     })
     if (stream !== undefined) {
+      request.relayedStream = stream
       lifecycle.trackStream(stream)
       void recordStreamEnding(stream, outcome.model, metrics, request)
     }
@@ -50,9 +79,14 @@ export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerM
 }
 
 /** Renders a failure, with the attempts it took; for a client that left, only the log sees it. */
-export function sendFailure(reply: FastifyReply, failed: Failure, attempts: number): FastifyReply {
+export function sendFailure(
+  reply: FastifyReply,
+  failed: Failure,
+  attempts: number,
+  rateLimitHeaders?: Readonly<Record<string, string>>,
+): FastifyReply {
   reply.header('x-proxy-attempts', String(attempts))
-  return sendError(reply, failed)
+  return sendError(reply, failed, rateLimitHeaders)
 }
 
 async function recordStreamEnding(stream: RelayedStream, model: string, metrics: Metrics, request: FastifyRequest): Promise<void> {

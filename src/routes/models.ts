@@ -1,7 +1,9 @@
 import type { FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
 import { proxyError } from '../errors.js'
-import { forwardableResponseHeaders } from '../http-headers.js'
+import { forwardableResponseHeaders, type HeaderMap } from '../http-headers.js'
 import type { CachedModels, CachedResponse, ModelsCache } from '../models-cache.js'
+import { replaceRateLimitHeaders } from '../reply/commit.js'
+import type { TeamGateway } from '../team/gateway.js'
 import type { Retrier, RetryOutcome } from '../upstream/retrier.js'
 import { querySuffix } from './table.js'
 import { finishUpstreamRequest, startUpstreamRequest, type UpstreamRouteDeps } from './upstream-request.js'
@@ -18,10 +20,12 @@ export interface ModelsRouteDeps extends UpstreamRouteDeps {
   /** The retrier over the `/models` breaker registry. */
   readonly retrier: Retrier
   readonly cache: ModelsCache
+  /** Team mode: the member's key decides what the list shows. */
+  readonly team: TeamGateway | undefined
 }
 
 export function createModelsHandlers(deps: ModelsRouteDeps): { list: RouteHandlerMethod; one: RouteHandlerMethod } {
-  const { retrier, cache, auth, metrics, config } = deps
+  const { retrier, cache, auth, metrics, config, team } = deps
 
   /** One upstream fetch of the list, through the retrier; a failure rejects (the cache may serve stale). */
   async function fetchModels(request: FastifyRequest, reply: FastifyReply, query: string): Promise<CachedResponse> {
@@ -44,6 +48,7 @@ export function createModelsHandlers(deps: ModelsRouteDeps): { list: RouteHandle
     }
     if (!outcome.ok) throw outcome.failure
     const { response, body } = outcome.served
+    if (response.statusCode === 200 && body !== undefined) team?.learnPrices(body)
     return {
       statusCode: response.statusCode,
       headers: forwardableResponseHeaders(response.headers, false, config.apiKey),
@@ -69,17 +74,28 @@ export function createModelsHandlers(deps: ModelsRouteDeps): { list: RouteHandle
 
   return {
     async list(request, reply) {
+      const key = await team?.authenticate(request.headers.authorization)
       const models = await cachedModels(request, reply, querySuffix(request.url))
-      reply.code(models.response.statusCode).headers(models.response.headers)
-      return reply.send(models.response.body)
+      const { statusCode, headers, body } = models.response
+      reply.code(statusCode).headers(key === undefined ? headers : withoutRateLimits(headers))
+      return reply.send(key !== undefined && team !== undefined && statusCode === 200 ? team.modelListFor(key, body) : body)
     },
     async one(request, reply) {
       const id = (request.params as { '*': string })['*']
+      const key = await team?.authenticate(request.headers.authorization)
       const models = await cachedModels(request, reply, '')
-      const model = models.model(id)
+      // A model the key may not use is not there, as far as the member can tell.
+      const model = key !== undefined && team !== undefined && !team.mayUse(key, id) ? undefined : models.model(id)
       if (model === undefined) throw proxyError('model_not_found', `Model not found: ${id}`)
       reply.header('content-type', 'application/json; charset=utf-8')
       return reply.send(model)
     },
   }
+}
+
+/** A member sees no `x-ratelimit-*` of the gateway's shared key. */
+function withoutRateLimits(headers: HeaderMap): HeaderMap {
+  const copy = { ...headers }
+  replaceRateLimitHeaders(copy, {})
+  return copy
 }

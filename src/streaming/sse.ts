@@ -109,8 +109,19 @@ export interface StreamDestination {
 /** A stream being relayed: how it ended, once it has; and a way to end it early (the drain). */
 export interface RelayedStream {
   readonly ended: Promise<StreamEnding>
+  /** The same, read synchronously: undefined while the stream runs. */
+  readonly ending: StreamEnding | undefined
   /** Ends the stream now with this failure as its last event, unless it has already ended. */
   interrupt(failed: Failure): void
+}
+
+/**
+ * Sees each chunk before the client does and decides what of it to forward now (team mode's
+ * usage tap may hold back an incomplete event); `flush` gives what it still holds at the end.
+ */
+export interface ChunkTap {
+  push(chunk: Buffer): Buffer
+  flush(): Buffer
 }
 
 /**
@@ -125,8 +136,9 @@ export function relayStream(
   firstChunks: readonly Buffer[],
   destination: StreamDestination,
   idleTimeoutMs: number,
+  tap?: ChunkTap,
 ): RelayedStream {
-  const relay = new SseRelay(body, destination)
+  const relay = new SseRelay(body, destination, tap)
   // After commit the client's leaving is seen on the destination, so an error here is the upstream's.
   body.on('error', (error: unknown) =>
     relay.finish(transportFailure(error, { phase: 'relay', connectTimeoutMs: 0, timeoutMs: idleTimeoutMs, bodyTimeoutMs: idleTimeoutMs })),
@@ -152,6 +164,7 @@ const ENDING_OF_KIND: Readonly<Partial<Record<Failure['kind'], StreamEnding>>> =
 
 class SseRelay implements RelayedStream {
   readonly ended: Promise<StreamEnding>
+  ending: StreamEnding | undefined = undefined
   private finished = false
   private sawDone = false
   isEnded = false
@@ -162,11 +175,13 @@ class SseRelay implements RelayedStream {
   private tailStartsLine = false
   private readonly body: Body
   private readonly destination: StreamDestination
+  private readonly tap: ChunkTap | undefined
   private resolveEnded: (ending: StreamEnding) => void = ignoreError
 
-  constructor(body: Body, destination: StreamDestination) {
+  constructor(body: Body, destination: StreamDestination, tap: ChunkTap | undefined) {
     this.body = body
     this.destination = destination
+    this.tap = tap
     this.ended = new Promise((resolve) => {
       this.resolveEnded = resolve
     })
@@ -174,8 +189,10 @@ class SseRelay implements RelayedStream {
 
   forward(chunk: Buffer): void {
     if (this.isEnded) return
+    // The markers are looked for in what the upstream sent; the client gets what the tap passes.
     if (!this.sawDone) this.scan(chunk)
-    if (!this.destination.write(chunk)) {
+    const forwarded = this.tap === undefined ? chunk : this.tap.push(chunk)
+    if (forwarded.length > 0 && !this.destination.write(forwarded)) {
       this.waitingForDrain = true
       this.body.pause()
     }
@@ -189,6 +206,7 @@ class SseRelay implements RelayedStream {
   /** The body ended (failure undefined) or failed; what the client gets last is decided here. */
   finish(failed: Failure | undefined): void {
     if (this.isEnded) return
+    this.flushTap()
     if (this.sawDone) {
       this.report('done')
       this.destination.end()
@@ -206,8 +224,14 @@ class SseRelay implements RelayedStream {
   interrupt(failed: Failure): void {
     if (this.isEnded) return
     discardBody(this.body)
+    this.flushTap()
     this.report(ENDING_OF_KIND[failed.kind] ?? 'cut')
     this.destination.end(errorEvent(failed))
+  }
+
+  private flushTap(): void {
+    const held = this.tap?.flush()
+    if (held !== undefined && held.length > 0) this.destination.write(held)
   }
 
   destinationClosed(): void {
@@ -218,6 +242,7 @@ class SseRelay implements RelayedStream {
 
   private report(ending: StreamEnding): void {
     this.isEnded = true
+    this.ending = ending
     this.resolveEnded(ending)
   }
 

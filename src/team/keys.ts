@@ -58,6 +58,8 @@ export interface KeyService {
   revokeKey(idOrName: string): Promise<KeyRecord>
   /** The key a presented secret belongs to, whatever its status; undefined when none. */
   findBySecret(secret: string): Promise<KeyRecord | undefined>
+  /** The same, for a secret already hashed (the request path hashes once, for its cache too). */
+  findBySecretHash(secretHash: string): Promise<KeyRecord | undefined>
 }
 
 export const SECRET_PREFIX = 'tpk_'
@@ -146,7 +148,10 @@ export function createKeyService(deps: KeyServiceDeps): KeyService {
     },
     async findBySecret(secret) {
       if (!secret.startsWith(SECRET_PREFIX)) return undefined
-      const row = await store.findKeyBySecretHash(hashSecret(secret))
+      return this.findBySecretHash(hashSecret(secret))
+    },
+    async findBySecretHash(secretHash) {
+      const row = await store.findKeyBySecretHash(secretHash)
       return row === undefined ? undefined : toKeyRecord(row)
     },
   }

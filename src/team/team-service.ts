@@ -14,10 +14,14 @@ export interface TeamService {
 export interface OpenTeamServiceOptions {
   readonly cwd?: string
   readonly now?: () => Date
+  readonly busyTimeoutMs?: number
 }
 
 export async function openTeamService(storeUrl: string, options: OpenTeamServiceOptions = {}): Promise<TeamService> {
-  const store = await openStore(storeUrl, options.cwd === undefined ? {} : { cwd: options.cwd })
+  const store = await openStore(storeUrl, {
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+    ...(options.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.busyTimeoutMs }),
+  })
   const keys = createKeyService({ keys: store.keys, ...(options.now === undefined ? {} : { now: options.now }) })
   return { keys, usage: createUsageService({ usage: store.usage, keys }), store, close: () => store.close() }
 }

@@ -1,8 +1,14 @@
+import { mkdtempSync, rmSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { stringify } from 'yaml'
 import { buildApp, type ProxyApp } from '../../src/app.js'
 import { type Config, loadConfig } from '../../src/config.js'
+import { buildLogger } from '../../src/logging.js'
+import type { KeyFields } from '../../src/team/key-fields.js'
+import { openTeamMode, type TeamMode } from '../../src/team/team-mode.js'
 
 /** A real proxy on port 0 over a real socket, configured through the same loader as production. */
 
@@ -12,7 +18,21 @@ export interface TestProxy extends ProxyApp {
   /** Every log line written so far, as text. */
   readonly logText: () => string
   readonly logLines: () => Array<Record<string, unknown>>
+  /** Team mode only (`team.enabled: true` in the config). */
+  readonly team: TeamMode | undefined
 }
+
+export interface TestTeamProxy extends TestProxy {
+  readonly team: TeamMode
+  /** Creates a member key on the proxy's store; returns its record and secret. */
+  createKey(fields: KeyFields): Promise<{ id: string; secret: string }>
+  /** Every usage record written so far (flushes first), oldest first. */
+  usageRows(): Promise<Array<Record<string, unknown>>>
+  readonly storePath: string
+}
+
+/** The upstream key a team-mode test proxy holds. */
+export const GATEWAY_KEY = 'sk-gateway-upstream-key-0123456789'
 
 interface Teardown {
   teardown(fn: () => unknown): void
@@ -24,6 +44,10 @@ export interface TestProxyOptions {
   readonly config?: Record<string, unknown>
   readonly env?: Record<string, string>
   readonly random?: () => number
+  /** Monotonic ms for the app and team mode. */
+  readonly now?: () => number
+  /** Team mode: how long a usage write waits for a locked store. */
+  readonly storeBusyTimeoutMs?: number
 }
 
 export async function startProxy(t: Teardown, options: TestProxyOptions): Promise<TestProxy> {
@@ -44,7 +68,20 @@ export async function startProxy(t: Teardown, options: TestProxyOptions): Promis
       callback()
     },
   })
-  const proxy = buildApp(config, { logDestination, ...(options.random ? { random: options.random } : {}) })
+  const logger = buildLogger(config.log.level, logDestination)
+  const team = config.team.enabled
+    ? await openTeamMode(config, {
+        log: logger,
+        ...(options.now ? { now: options.now } : {}),
+        ...(options.storeBusyTimeoutMs === undefined ? {} : { storeBusyTimeoutMs: options.storeBusyTimeoutMs }),
+      })
+    : undefined
+  const proxy = buildApp(config, {
+    logger,
+    ...(team ? { team } : {}),
+    ...(options.random ? { random: options.random } : {}),
+    ...(options.now ? { now: options.now } : {}),
+  })
   await proxy.app.listen({ host: '127.0.0.1', port: 0 })
   t.teardown(() => proxy.app.close())
   const { port } = proxy.app.server.address() as AddressInfo
@@ -53,11 +90,42 @@ export async function startProxy(t: Teardown, options: TestProxyOptions): Promis
     ...proxy,
     url: `http://127.0.0.1:${port}`,
     config,
+    team,
     logText,
     logLines: () =>
       logText()
         .split('\n')
         .filter(Boolean)
         .map((line) => JSON.parse(line) as Record<string, unknown>),
+  }
+}
+
+/**
+ * A team-mode proxy on a fresh SQLite file of its own (removed after the test), holding
+ * GATEWAY_KEY as the upstream key.
+ */
+export async function startTeamProxy(t: Teardown, options: TestProxyOptions): Promise<TestTeamProxy> {
+  const dir = mkdtempSync(join(tmpdir(), 'toprouter-team-'))
+  const storePath = join(dir, 'team.db')
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const teamSection = (options.config?.team ?? {}) as Record<string, unknown>
+  const proxy = await startProxy(t, {
+    ...options,
+    env: { TOPROUTER_API_KEY: GATEWAY_KEY, ...options.env },
+    config: { ...options.config, team: { storeUrl: `sqlite:${storePath}`, usageFlushMs: 50, ...teamSection, enabled: true } },
+  })
+  const team = proxy.team as TeamMode
+  return {
+    ...proxy,
+    team,
+    storePath,
+    async createKey(fields) {
+      const { record, secret } = await team.service.keys.createKey(fields)
+      return { id: record.id, secret }
+    },
+    async usageRows() {
+      await team.flushUsage()
+      return (await team.service.store.usage.listUsage()) as unknown as Array<Record<string, unknown>>
+    },
   }
 }

@@ -50,6 +50,11 @@ export function createKyselyStore(options: KyselyStoreOptions): TeamStore {
         })
       },
       summarizeUsage: (query) => summarizeUsage(db, query),
+      listUsage: (keyId) => {
+        let select = db.selectFrom('usage').selectAll()
+        if (keyId !== undefined) select = select.where('key_id', '=', keyId)
+        return select.orderBy('time').orderBy('id').execute()
+      },
     },
     async appliedMigrations() {
       const rows = await sql<{ name: string }>`select name from kysely_migration order by name`.execute(db)

@@ -17,3 +17,15 @@ export function parseStoreUrl(storeUrl: string): StoreLocation | undefined {
   }
   return undefined
 }
+
+/** The store URL as it may be logged or shown: a PostgreSQL password is replaced by `***`. */
+export function shownStoreUrl(storeUrl: string): string {
+  if (!/^postgres(ql)?:\/\//.test(storeUrl)) return storeUrl
+  try {
+    const url = new URL(storeUrl)
+    if (url.password !== '') url.password = '***'
+    return url.toString()
+  } catch {
+    return 'postgres://(unparseable)'
+  }
+}

@@ -1,4 +1,4 @@
-import type { KeyRow, KeyRowChanges, UsageRow } from './schema.js'
+import type { KeyRow, KeyRowChanges, UsageRow, UsageTable } from './schema.js'
 
 /**
  * The team store as the service sees it: small interfaces, so the fleet's PostgreSQL store slots in
@@ -42,6 +42,8 @@ export interface UsageSummaryRow {
 export interface UsageStore {
   insertUsage(rows: readonly UsageRow[]): Promise<void>
   summarizeUsage(query: UsageQuery): Promise<UsageSummaryRow[]>
+  /** Every record (of one key), oldest first: for exports and tests, not the request path. */
+  listUsage(keyId?: string): Promise<UsageTable[]>
 }
 
 export interface TeamStore {

@@ -1,0 +1,91 @@
+import type { Registry } from 'prom-client'
+import type { Config } from '../config.js'
+import { createMemoryBudgetLedger } from './budget.js'
+import { createTeamGateway, type TeamGateway, type TeamGatewayLog } from './gateway.js'
+import { createKeyCache } from './key-cache.js'
+import type { KeyRecord } from './keys.js'
+import { createKeyLimiter } from './limiter.js'
+import { createTeamMetrics } from './team-metrics.js'
+import { openTeamService, type TeamService } from './team-service.js'
+import type { UsageRecord } from './usage.js'
+import { createUsageWriter, type UsageWriterLog } from './usage-writer.js'
+
+/**
+ * Team mode, opened once at startup (main.ts loads this module only when `team.enabled`): the
+ * store and its services, and the request path's parts over them — key cache, limiter, budget
+ * ledger, usage writer and metrics. The fleet issue swaps the limiter and the ledger for shared
+ * ones here, and nowhere else.
+ */
+
+export interface TeamMode {
+  readonly gateway: TeamGateway
+  readonly service: TeamService
+  /** The team metrics, served with the app's own. */
+  readonly registry: Registry
+  /** Writes the waiting usage records now; false when the store refused them (they stay queued). */
+  flushUsage(): Promise<boolean>
+  /** Writes every waiting usage record, then closes the store: the last step of a drain. */
+  close(): Promise<void>
+}
+
+export interface TeamModeOptions {
+  readonly log: TeamGatewayLog & UsageWriterLog
+  /** Monotonic ms. @default performance.now */
+  readonly now?: () => number
+  readonly wallClockNow?: () => number
+  /** A relative sqlite: path is relative to this. @default process.cwd() */
+  readonly cwd?: string
+  /** How long a store write waits for another writer's lock. @default 5000 */
+  readonly storeBusyTimeoutMs?: number
+}
+
+/** Usage records kept in memory while the store is unavailable; beyond it the oldest are dropped, and counted. */
+const MAX_WAITING_USAGE_RECORDS = 100_000
+
+export async function openTeamMode(config: Config, options: TeamModeOptions): Promise<TeamMode> {
+  const team = config.team
+  const now = options.now ?? (() => performance.now())
+  const wallClockNow = options.wallClockNow ?? Date.now
+  const service = await openTeamService(team.storeUrl, {
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+    ...(options.storeBusyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.storeBusyTimeoutMs }),
+    now: () => new Date(wallClockNow()),
+  })
+  const metrics = createTeamMetrics()
+  const usage = createUsageWriter<UsageRecord>({
+    sink: { write: (records) => service.usage.recordUsage(records) },
+    flushMs: team.usageFlushMs,
+    maxQueued: MAX_WAITING_USAGE_RECORDS,
+    log: options.log,
+  })
+  const limiter = createKeyLimiter({ maxQueueWaitMs: team.maxQueueWaitMs, now })
+  metrics.watchUsageQueue(() => usage)
+  metrics.watchLimiterQueue(() => limiter.queued())
+  const budgets = createMemoryBudgetLedger(async (keyId, since) => {
+    const [row] = await service.store.usage.summarizeUsage({ keyId, since: since.toISOString(), by: 'key' })
+    return { tokens: row?.totalTokens ?? 0, usd: row?.costUsd ?? 0 }
+  })
+  const gateway = createTeamGateway({
+    team,
+    findKeyBySecretHash: (secretHash) => service.keys.findBySecretHash(secretHash),
+    keyCache: createKeyCache<KeyRecord>({ ttlMs: team.keyCacheTtlMs, now }),
+    limiter,
+    budgets,
+    usage,
+    metrics,
+    log: options.log,
+    now,
+    wallClockNow,
+  })
+  return {
+    gateway,
+    service,
+    registry: metrics.registry,
+    flushUsage: () => usage.flush(),
+    async close() {
+      const written = await usage.close()
+      if (!written) options.log.warn({ queued: usage.queued }, 'usage store unavailable at shutdown; waiting usage records are lost')
+      await service.close()
+    },
+  }
+}
