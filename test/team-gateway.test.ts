@@ -380,3 +380,45 @@ t.test('secrets never leak: the gateway key, its hash and the upstream key stay 
     t.notOk(everything.includes(secret), `${label} appears nowhere`)
   }
 })
+
+t.test('cost from the /models pricing when team.prices has none', async (t) => {
+  const upstream = await startFakeUpstream(t, (req, res) => {
+    if (req.url?.startsWith('/models')) {
+      return sendJson(res, 200, { object: 'list', data: [{ id: MODEL, pricing: { prompt: '0.000001', completion: '0.000002' } }] })
+    }
+    sendJson(res, 200, { ...completion(MODEL), usage: { prompt_tokens: 1000, completion_tokens: 500, total_tokens: 1500 } })
+  })
+  const proxy = await startTeamProxy(t, { upstreamUrl: upstream.url })
+  const key = await proxy.createKey({ name: 'priced' })
+  const before = await chat(proxy.url, key.secret)
+  await before.body.text()
+  const listed = await request(`${proxy.url}/models`, { headers: { authorization: `Bearer ${key.secret}` } })
+  await listed.body.text()
+  const after = await chat(proxy.url, key.secret)
+  await after.body.text()
+  const rows = await proxy.usageRows()
+  t.same(
+    rows.map((row) => row.cost_usd),
+    [null, 0.002],
+    'unknown before the list was seen; 1000 × $1/M + 500 × $2/M after',
+  )
+})
+
+t.test('the key store gone: a cached key keeps working, an uncached one is a 503, not a 401', async (t) => {
+  const upstream = await usageUpstream(t)
+  const proxy = await startTeamProxy(t, { upstreamUrl: upstream.url, config: { team: { keyCacheTtlMs: 60000 } } })
+  const cached = await proxy.createKey({ name: 'cached' })
+  const uncached = await proxy.createKey({ name: 'uncached' })
+  await (await chat(proxy.url, cached.secret)).body.text()
+  await proxy.team.service.store.close()
+  const stillServed = await chat(proxy.url, cached.secret)
+  t.equal(stillServed.statusCode, 200, 'served from the cache')
+  await stillServed.body.text()
+  await expectErrorShape(t, await chat(proxy.url, uncached.secret), {
+    status: 503,
+    type: 'server_error',
+    code: 'service_unavailable',
+    message: /key store is unavailable/,
+  })
+  t.match(proxy.logText(), /key store unavailable/)
+})
