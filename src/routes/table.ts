@@ -10,8 +10,8 @@ import { sendError } from '../reply/render-error.js'
  */
 
 export interface RouteEntry {
-  /** GET routes answer HEAD too (Fastify's exposeHeadRoutes). */
-  readonly method: 'GET' | 'POST'
+  /** GET routes answer HEAD too (Fastify's exposeHeadRoutes). Entries may share a URL with different methods. */
+  readonly method: 'GET' | 'POST' | 'PATCH' | 'DELETE'
   readonly urls: readonly string[]
   readonly handler: RouteHandlerMethod
   /** Health checks keep answering while the proxy drains; everything else gets 503. */
@@ -36,21 +36,28 @@ export function registerRouteTable(app: FastifyInstance, table: readonly RouteEn
     done()
   })
 
+  // Allow is per URL: several entries (GET and POST, say) may serve one URL.
+  const allowedByUrl = new Map<string, string[]>()
   for (const entry of table) {
-    const allowed = entry.method === 'GET' ? ['GET', 'HEAD'] : [entry.method]
-    const others = ALL_METHODS.filter((method) => !allowed.includes(method))
     const config = { servesWhileDraining: entry.servesWhileDraining === true }
     for (const url of entry.urls) {
       app.route({ method: entry.method, url, config, handler: entry.handler })
-      app.route({
-        method: others,
-        url,
-        handler: (request, reply) => {
-          reply.header('allow', allowed.join(', '))
-          return sendError(reply, proxyError('method_not_allowed', `${request.method} is not allowed here; use ${allowed.join(' or ')}`))
-        },
-      })
+      const allowed = allowedByUrl.get(url) ?? []
+      allowed.push(...(entry.method === 'GET' ? ['GET', 'HEAD'] : [entry.method]))
+      allowedByUrl.set(url, allowed)
     }
+  }
+  for (const [url, allowed] of allowedByUrl) {
+    const others = ALL_METHODS.filter((method) => !allowed.includes(method))
+    if (others.length === 0) continue
+    app.route({
+      method: others,
+      url,
+      handler: (request, reply) => {
+        reply.header('allow', allowed.join(', '))
+        return sendError(reply, proxyError('method_not_allowed', `${request.method} is not allowed here; use ${allowed.join(' or ')}`))
+      },
+    })
   }
 
   app.setNotFoundHandler((request, reply) => {
