@@ -102,7 +102,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     cache: createModelsCache({ ttlMs: config.models.cacheTtlMs, staleIfErrorMs: config.models.staleIfErrorMs, now }),
   })
   const health = createHealthHandlers(lifecycle, () => ({ breakers: { ...modelsBreakers.states(), ...breakers.states() } }))
-  const routes: readonly RouteEntry[] = [
+  const routes: RouteEntry[] = [
     { method: 'POST', urls: ['/chat/completions', '/v1/chat/completions'], handler: chat },
     { method: 'GET', urls: ['/models', '/v1/models'], handler: models.list },
     { method: 'GET', urls: ['/models/*', '/v1/models/*'], handler: models.one },
@@ -113,6 +113,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
       urls: ['/metrics'],
       handler: async (_request, reply) => reply.header('content-type', metricsRegistry.contentType).send(await metricsRegistry.metrics()),
     },
+    ...(team?.adminRoutes(config.adminKey) ?? []),
   ]
 
   const app = Fastify({

@@ -15,7 +15,12 @@ type FileConfig = Static<typeof CONFIG_SCHEMA>
 export interface Config extends DeepReadonly<FileConfig> {
   /** From TOPROUTER_API_KEY only; replaces the client's Authorization when set. */
   readonly apiKey: string | undefined
+  /** From TOPROUTER_PROXY_ADMIN_KEY only; team mode's admin API exists only when it is set. */
+  readonly adminKey: string | undefined
 }
+
+/** An admin key shorter than this is refused: it guards every member's key and budget. */
+const MIN_ADMIN_KEY_CHARS = 16
 
 /** Static<> is mutable, but the loaded config is frozen; the type says so. */
 type DeepReadonly<T> = T extends readonly (infer Item)[]
@@ -202,7 +207,18 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       `config error: team.enabled is true${originOf(origins, 'team.enabled')} but TOPROUTER_API_KEY is not set: in team mode the proxy holds the upstream key and members present gateway keys`,
     )
   }
-  return deepFreeze({ ...raw, upstream, apiKey })
+  const adminKey = nonEmpty(env.TOPROUTER_PROXY_ADMIN_KEY)
+  if (adminKey !== undefined && !new RegExp(`^[\\x21-\\x7e]{${MIN_ADMIN_KEY_CHARS},}$`).test(adminKey)) {
+    throw new ConfigError(
+      `config error: TOPROUTER_PROXY_ADMIN_KEY must be at least ${MIN_ADMIN_KEY_CHARS} printable ASCII characters without spaces (e.g. openssl rand -hex 32), found a value that is not`,
+    )
+  }
+  if ((sources.forServing ?? true) && adminKey !== undefined && !raw.team.enabled) {
+    throw new ConfigError(
+      'config error: TOPROUTER_PROXY_ADMIN_KEY is set but team.enabled is false: the admin API manages team gateway keys, so it needs team mode',
+    )
+  }
+  return deepFreeze({ ...raw, upstream, apiKey, adminKey })
 }
 
 function readYamlFile(path: string, readFile: (path: string) => string): RawConfig {

@@ -30,6 +30,7 @@ Options:
 
 ${TEAM_CLI_HELP}
 Environment: TOPROUTER_API_KEY (the upstream key; replaces the client's Authorization),
+TOPROUTER_PROXY_ADMIN_KEY (team mode: enables /admin/keys and /admin/usage),
 TOPROUTER_BASE_URL, HOST, PORT, LOG_LEVEL, TOPROUTER_PROXY_CONFIG.
 Precedence: defaults < config file < environment < flags.
 Point your OpenAI SDK at the printed base_url, e.g. new OpenAI({ baseURL: 'http://127.0.0.1:8787' }).
@@ -63,9 +64,18 @@ function parseFlags(argv: string[]) {
 }
 
 function describeConfig(config: Config): string {
-  const { apiKey, ...rest } = config
+  const { apiKey, adminKey, ...rest } = config
   const team = { ...rest.team, storeUrl: shownStoreUrl(rest.team.storeUrl) }
-  return JSON.stringify({ ...rest, team, apiKey: apiKey === undefined ? 'not set' : 'set (from TOPROUTER_API_KEY)' }, null, 2)
+  return JSON.stringify(
+    {
+      ...rest,
+      team,
+      apiKey: apiKey === undefined ? 'not set' : 'set (from TOPROUTER_API_KEY)',
+      adminKey: adminKey === undefined ? 'not set' : 'set (from TOPROUTER_PROXY_ADMIN_KEY)',
+    },
+    null,
+    2,
+  )
 }
 
 async function main(): Promise<void> {

@@ -156,6 +156,16 @@ const badConfigs: Array<{ name: string; load: () => unknown; message: RegExp }> 
     message: /team\.enabled is true \(in cfg\.yaml\) but TOPROUTER_API_KEY is not set/,
   },
   {
+    name: 'an admin key that is too short',
+    load: () => fromYaml('team: { enabled: true }', { TOPROUTER_API_KEY: 'sk-team', TOPROUTER_PROXY_ADMIN_KEY: 'sk-oops-short' }),
+    message: /TOPROUTER_PROXY_ADMIN_KEY must be at least 16 printable ASCII characters/,
+  },
+  {
+    name: 'an admin key without team mode',
+    load: () => fromYaml('', { TOPROUTER_PROXY_ADMIN_KEY: 'sk-oops-0123456789abcdef' }),
+    message: /TOPROUTER_PROXY_ADMIN_KEY is set but team\.enabled is false/,
+  },
+  {
     name: 'a key with a space',
     load: () => fromYaml('', { TOPROUTER_API_KEY: 'sk-a b' }),
     message: /TOPROUTER_API_KEY must be printable ASCII/,

@@ -422,3 +422,46 @@ t.test('the key store gone: a cached key keeps working, an uncached one is a 503
   })
   t.match(proxy.logText(), /key store unavailable/)
 })
+
+t.test('the admin API on the gateway: changes take effect at once; without the admin key /admin is a 404', async (t) => {
+  const upstream = await usageUpstream(t)
+  const adminKey = 'admin-0123456789abcdef0123456789'
+  const proxy = await startTeamProxy(t, {
+    upstreamUrl: upstream.url,
+    env: { TOPROUTER_PROXY_ADMIN_KEY: adminKey },
+    config: { team: { keyCacheTtlMs: 600000 } },
+  })
+  const admin = (method: 'POST' | 'PATCH' | 'DELETE' | 'GET', path: string, body?: unknown) =>
+    request(`${proxy.url}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${adminKey}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    })
+  const created = await admin('POST', '/admin/keys', { name: 'bob' })
+  t.equal(created.statusCode, 201)
+  const { id, key } = (await created.body.json()) as { id: string; key: string }
+  t.equal((await chat(proxy.url, key)).statusCode, 200, 'the new key works')
+
+  const narrowed = await admin('PATCH', `/admin/keys/${id}`, { models: ['anthropic/*'] })
+  t.equal(narrowed.statusCode, 200)
+  await narrowed.body.text()
+  await expectErrorShape(t, await chat(proxy.url, key), { status: 403, code: 'model_not_allowed' })
+  const revoked = await admin('DELETE', '/admin/keys/bob')
+  t.equal(revoked.statusCode, 200)
+  await revoked.body.text()
+  await expectErrorShape(t, await chat(proxy.url, key), { status: 401, code: 'key_revoked' })
+  t.pass('both took effect at once, though the key cache trusts a lookup for 10 minutes')
+
+  await expectErrorShape(t, await request(`${proxy.url}/admin/keys`, { headers: { authorization: `Bearer ${key}` } }), {
+    status: 401,
+    code: 'invalid_api_key',
+  })
+  const usage = await admin('GET', '/admin/usage?by=key')
+  t.match(await usage.body.json(), { data: [{ group: 'bob', requests: 3, errors: 2 }] })
+
+  const withoutAdmin = await startTeamProxy(t, { upstreamUrl: upstream.url })
+  await expectErrorShape(t, await request(`${withoutAdmin.url}/admin/keys`, { headers: { authorization: `Bearer ${adminKey}` } }), {
+    status: 404,
+    code: 'route_not_found',
+  })
+})

@@ -1,5 +1,7 @@
 import type { Registry } from 'prom-client'
 import type { Config } from '../config.js'
+import type { RouteEntry } from '../routes/table.js'
+import { createAdminRoutes } from './admin-routes.js'
 import { createMemoryBudgetLedger } from './budget.js'
 import { createTeamGateway, type TeamGateway, type TeamGatewayLog } from './gateway.js'
 import { createKeyCache } from './key-cache.js'
@@ -22,6 +24,8 @@ export interface TeamMode {
   readonly service: TeamService
   /** The team metrics, served with the app's own. */
   readonly registry: Registry
+  /** The admin API's routes; none without an admin key (then `/admin/*` is a 404 like any unknown route). */
+  adminRoutes(adminKey: string | undefined): RouteEntry[]
   /** Writes the waiting usage records now; false when the store refused them (they stay queued). */
   flushUsage(): Promise<boolean>
   /** Writes every waiting usage record, then closes the store: the last step of a drain. */
@@ -81,6 +85,8 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     gateway,
     service,
     registry: metrics.registry,
+    adminRoutes: (adminKey) =>
+      adminKey === undefined ? [] : createAdminRoutes({ service, adminKey, onKeyChanged: (keyId) => gateway.forgetKey(keyId) }),
     flushUsage: () => usage.flush(),
     async close() {
       const written = await usage.close()
