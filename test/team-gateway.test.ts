@@ -456,6 +456,7 @@ t.test('the admin API on the gateway: changes take effect at once; without the a
     status: 401,
     code: 'invalid_api_key',
   })
+  await proxy.team.flushUsage()
   const usage = await admin('GET', '/admin/usage?by=key')
   t.match(await usage.body.json(), { data: [{ group: 'bob', requests: 3, errors: 2 }] })
 
