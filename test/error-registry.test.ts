@@ -51,3 +51,23 @@ t.test('every registry entry is a complete, consistent error', async (t) => {
     t.ok(entry.message.length > 0)
   }
 })
+
+t.test("the README's team refusal table names registry codes with their statuses", async (t) => {
+  const start = readme.indexOf('<!-- team-refusals:start -->')
+  const end = readme.indexOf('<!-- team-refusals:end -->')
+  t.ok(start !== -1 && end > start, 'the table is marked')
+  const rows = readme
+    .slice(start, end)
+    .split('\n')
+    .filter((line) => /^\|[^|]+\|\s*\d{3}\s*\|/.test(line))
+  t.equal(rows.length, 6, 'six refusals')
+  for (const row of rows) {
+    const [, status, codes] = row
+      .split('|')
+      .slice(1, -1)
+      .map((cell) => cell.trim())
+    const named = [...(codes ?? '').matchAll(/`([a-z_]+)`/g)].map((match) => match[1] as keyof typeof ERROR_REGISTRY)
+    t.ok(named.length > 0, `${row.slice(0, 40)}… names a code`)
+    for (const code of named) t.equal(ERROR_REGISTRY[code]?.status, Number(status), `${code} is ${status} in the registry`)
+  }
+})
