@@ -13,6 +13,7 @@ import { machineInfo } from './lib/report/machine.js'
 import { markdown } from './lib/report/markdown.js'
 import { problemsOf } from './lib/report/problems.js'
 import type { Report } from './lib/report/report.js'
+import { teamComparison } from './lib/report/team.js'
 import { measureTargets } from './lib/targets.js'
 
 /**
@@ -22,6 +23,8 @@ import { measureTargets } from './lib/targets.js'
  *   direct  the load generator talks to the upstream itself (the ceiling; CPU is the upstream's)
  *   floor   Fastify 5 + @fastify/http-proxy pass-through, logging off (the framework's cost)
  *   proxy   node dist/main.js, default config, LOG_LEVEL=info to a file, TOPROUTER_API_KEY set
+ *   team    the same in team mode: a fresh SQLite store, one gateway key as the clients' Bearer
+ *           token, usage recorded (then checked: one row per request answered for the key)
  *   direct  again, to show how much the machine drifted during the run
  *
  * Then the memory phase if asked for, then the report. Flags: see lib/cli.ts and bench/README.md.
@@ -56,6 +59,7 @@ async function main(): Promise<void> {
     memory = { ...measured, log: summariseLog(logFile) }
   }
 
+  const teamVsLocal = teamComparison(targets)
   const report: Report = {
     timestamp: new Date().toISOString(),
     mode: options.mode,
@@ -63,6 +67,7 @@ async function main(): Promise<void> {
     plan: { ...plan.phases, connections: plan.connections, clockTicksPerSecond: ticksPerSecond },
     upstream,
     targets,
+    ...(teamVsLocal === undefined ? {} : { teamVsLocal }),
     ...(memory === undefined ? {} : { memory }),
     problems: problemsOf(targets, memory),
     wallSeconds: (performance.now() - wallStart) / 1000,

@@ -10,11 +10,14 @@ import { parseArgs } from 'node:util'
  * prints `{"port":N}` on stdout once listening. Every body and header set is built once at startup,
  * so the per-request cost is as close to "read the request, write bytes" as Node allows:
  *
- * - `POST /chat/completions` → a ~600 B `chat.completion` with `x-ratelimit-*` headers; when the raw
- *   body contains `"stream":true` → an SSE stream of 20 `chat.completion.chunk` events (the last with
- *   `finish_reason: "stop"`), then `data: [DONE]`. `x-bench-chunks: N` asks for N events instead
- *   (the memory phase uses it for long streams). Events are `--chunk-delay-ms` apart; with 0 each one
- *   is still written on its own turn of the event loop (setImmediate), as a real stream's would be.
+ * - `POST /chat/completions` → a ~600 B `chat.completion` with its `usage` and `x-ratelimit-*` headers;
+ *   when the raw body contains `"stream":true` → an SSE stream of 20 `chat.completion.chunk` events
+ *   (the last with `finish_reason: "stop"`), then `data: [DONE]`. Like TopRouter, a stream carries
+ *   usage only when asked (`"include_usage":true` in the body, as the team gateway asks): then one more
+ *   event, `"choices":[]` with the `usage`, comes after the finish and before `[DONE]`.
+ *   `x-bench-chunks: N` asks for N events instead (the memory phase uses it for long streams). Events
+ *   are `--chunk-delay-ms` apart; with 0 each one is still written on its own turn of the event loop
+ *   (setImmediate), as a real stream's would be.
  * - `GET /models` → a list of 50 models (~6 KB).
  * - `GET /_bench/stats` → `{"activeStreams":N,"connections":N}`: streams still being written and open
  *   client connections (the memory phase checks that closed clients' streams stop upstream too).
@@ -136,6 +139,17 @@ const lastEvent = Buffer.from(
     model: MODEL,
     provider: 'Google',
     choices: [{ index: 0, delta: { content: '' }, finish_reason: 'stop', logprobs: null }],
+  })}\n\n`,
+)
+/** Sent only when the request asked for `stream_options.include_usage`, between the finish and `[DONE]`. */
+const usageEvent = Buffer.from(
+  `data: ${JSON.stringify({
+    id: 'gen-1760000000-benchstream00000000000',
+    object: 'chat.completion.chunk',
+    created: CREATED,
+    model: MODEL,
+    provider: 'Google',
+    choices: [],
     usage: { prompt_tokens: 12, completion_tokens: 20, total_tokens: 32 },
   })}\n\n`,
 )
@@ -162,13 +176,14 @@ const notFoundBody = Buffer.from(JSON.stringify({ error: { message: 'Not found',
 const notFoundHeaders: OutgoingHttpHeaders = { 'content-type': 'application/json', 'content-length': notFoundBody.length }
 
 const STREAM_MARKER = Buffer.from('"stream":true')
+const INCLUDE_USAGE_MARKER = Buffer.from('"include_usage":true')
 
 // ---- serving --------------------------------------------------------------------------------
 
 /** Streams being written right now; `GET /_bench/stats` reports it (the memory phase reads it). */
 let activeStreams = 0
 
-function streamEvents(res: ServerResponse, total: number): void {
+function streamEvents(res: ServerResponse, total: number, withUsage: boolean): void {
   res.writeHead(200, streamHeaders)
   let sent = 0
   let timer: NodeJS.Timeout | NodeJS.Immediate | undefined
@@ -188,6 +203,7 @@ function streamEvents(res: ServerResponse, total: number): void {
     if (sent === 0) res.write(firstEvent)
     else if (sent === total - 1) {
       res.write(lastEvent)
+      if (withUsage) res.write(usageEvent)
       res.end(doneEvent)
       return
     } else res.write(middleEvents[(sent - 1) % middleEvents.length] as Buffer)
@@ -206,7 +222,7 @@ function handleChat(req: IncomingMessage, res: ServerResponse, body: Buffer): vo
   }
   const asked = req.headers['x-bench-chunks']
   const total = typeof asked === 'string' ? Math.min(MAX_CHUNKS, Math.max(2, Number.parseInt(asked, 10) || DEFAULT_CHUNKS)) : DEFAULT_CHUNKS
-  streamEvents(res, total)
+  streamEvents(res, total, body.indexOf(INCLUDE_USAGE_MARKER) !== -1)
 }
 
 const server = createServer({ keepAlive: true, noDelay: true }, (req, res) => {

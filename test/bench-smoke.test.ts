@@ -4,8 +4,9 @@ import t from 'tap'
 
 /**
  * CI does not run the full benchmark, but it runs its smoke (a couple of seconds of every phase
- * against direct and proxy) so the bench cannot rot: it must start every process, drive every
- * phase, see no error or non-2xx, and write its tables.
+ * against direct, proxy and team) so the bench cannot rot: it must start every process, drive every
+ * phase, see no error or non-2xx, find one usage row per request the team key made, and write its
+ * tables, the team target's ratios to the local proxy among them.
  */
 
 t.test('npm run bench:smoke runs every phase end to end with no errors', { timeout: 180_000 }, async (t) => {
@@ -26,6 +27,45 @@ t.test('npm run bench:smoke runs every phase end to end with no errors', { timeo
     t.match(result.stdout, phase, `phase ${phase} ran`)
   }
   t.match(result.stdout, /No errors and no non-2xx responses in any phase/)
-  const json = JSON.parse(readFileSync(new URL('bench/results/smoke.json', root), 'utf8')) as Record<string, unknown>
+  const json = JSON.parse(readFileSync(new URL('bench/results/smoke.json', root), 'utf8')) as SmokeReport
   t.ok(json, 'results/smoke.json was written')
+
+  // The team target: the proxy in team mode, measured like `proxy` and reported as ratios to it.
+  t.match(result.stdout, /\[team\] \(a\) non-streaming/, 'the team target ran its phases')
+  t.match(result.stdout, /^\| team \|/m, 'team has its rows in the phase tables')
+  t.match(result.stdout, /^\| \*\*team ÷ proxy\*\* \|/m, 'and its team ÷ proxy ratio rows')
+  t.match(result.stdout, /## Team mode ÷ local mode/, 'the team section is in the markdown')
+  t.match(
+    result.stdout,
+    /\| \(a\) CPU µs per non-streaming request \| [^|]+ \| [^|]+ \| [\d.]+× \| ≤ 1\.15× \|/,
+    'CPU per request team/local, goal shown',
+  )
+  t.match(
+    result.stdout,
+    /\| \(d\) unloaded p50 ms, non-streaming \| [^|]+ \| [^|]+ \| [+−][\d.]+ ms \| ≤ \+0\.1 ms \|/,
+    'p50 added, goal shown',
+  )
+  t.ok(
+    json.targets.some((target) => target.label === 'team'),
+    'the JSON has the team target',
+  )
+  const figures = json.teamVsLocal?.figures ?? []
+  for (const name of ['(a) CPU µs per non-streaming request', '(c) CPU µs per 20-event stream', '(d) unloaded p50 ms, non-streaming']) {
+    const figure = figures.find((f) => f.figure === name)
+    t.ok(figure !== undefined && Number.isFinite(figure.value) && figure.goal !== null, `the JSON has ${name} with its goal`)
+  }
+  const usage = json.teamVsLocal?.usage
+  t.ok(usage?.ok, 'every request answered for the team key has its usage row')
+  t.ok(
+    (usage?.usageRows ?? 0) > 0 && usage?.usageRows === usage?.answeredRequests,
+    `usage rows ${usage?.usageRows} = answered ${usage?.answeredRequests}`,
+  )
 })
+
+interface SmokeReport {
+  readonly targets: { readonly label: string }[]
+  readonly teamVsLocal?: {
+    readonly figures: { readonly figure: string; readonly value: number; readonly goal: number | null }[]
+    readonly usage?: { readonly ok: boolean; readonly usageRows: number; readonly answeredRequests: number }
+  }
+}

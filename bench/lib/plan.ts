@@ -17,12 +17,16 @@ export interface Connections {
   readonly models: number
 }
 
-export type TargetName = 'direct' | 'floor' | 'proxy'
+/** `team` is the proxy in team mode (lib/team-target.ts), compared with `proxy`, the local mode. */
+export type TargetName = 'direct' | 'floor' | 'proxy' | 'team'
 
 export interface BenchPlan {
   readonly phases: PhasePlan
   readonly connections: Connections
-  /** Measured one after another; `direct` twice in a full run, the second time to show drift. */
+  /**
+   * Measured one after another; `direct` twice in a full run, the second time to show drift; `team`
+   * right after `proxy`, so the two modes are compared on the machine as it was a minute apart.
+   */
   readonly targets: readonly TargetName[]
   readonly autocannonSampleMs: number
   readonly pauseBetweenPhasesMs: number
@@ -45,7 +49,7 @@ export function benchPlan(options: { readonly smoke: boolean; readonly durationS
         modelsS: 0.2,
       },
       connections: CONNECTIONS,
-      targets: ['direct', 'proxy'],
+      targets: ['direct', 'proxy', 'team'],
       // autocannon stops on its sampling tick, so fractional durations need a finer tick.
       autocannonSampleMs: 100,
       pauseBetweenPhasesMs: 50,
@@ -63,7 +67,7 @@ export function benchPlan(options: { readonly smoke: boolean; readonly durationS
       modelsS: options.durationS / 2,
     },
     connections: CONNECTIONS,
-    targets: ['direct', 'floor', 'proxy', 'direct'],
+    targets: ['direct', 'floor', 'proxy', 'team', 'direct'],
     autocannonSampleMs: 1000,
     pauseBetweenPhasesMs: 500,
   }

@@ -1,5 +1,6 @@
 /** What the load generator sends: the same key, paths, headers and ~170 B chat body as an SDK would. */
 
+/** The key local-mode clients send (the proxy replaces it with its own TOPROUTER_API_KEY, which is this too). */
 export const API_KEY = 'sk-bench'
 export const CHAT_PATH = '/chat/completions'
 export const MODELS_PATH = '/models'
@@ -11,5 +12,21 @@ const MESSAGES = [
 
 export const CHAT_BODY = JSON.stringify({ model: 'google/gemini-3.5-flash', messages: MESSAGES, max_tokens: 64 })
 export const STREAM_BODY = JSON.stringify({ model: 'google/gemini-3.5-flash', messages: MESSAGES, max_tokens: 64, stream: true })
-export const REQUEST_HEADERS = { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}`, accept: 'application/json' }
-export const GET_HEADERS = { authorization: `Bearer ${API_KEY}`, accept: 'application/json' }
+
+/** The headers of a chat POST and of a GET, both carrying one bearer key. */
+export interface ClientHeaders {
+  readonly chat: Readonly<Record<string, string>>
+  readonly get: Readonly<Record<string, string>>
+}
+
+/** The headers an SDK sends with `apiKey`: `sk-bench` for local mode, a `tpk_…` gateway key for team mode. */
+export function clientHeaders(apiKey: string): ClientHeaders {
+  return {
+    chat: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}`, accept: 'application/json' },
+    get: { authorization: `Bearer ${apiKey}`, accept: 'application/json' },
+  }
+}
+
+const LOCAL_HEADERS = clientHeaders(API_KEY)
+export const REQUEST_HEADERS = LOCAL_HEADERS.chat
+export const GET_HEADERS = LOCAL_HEADERS.get

@@ -1,5 +1,5 @@
 import { Pool } from 'undici'
-import { CHAT_BODY, CHAT_PATH, REQUEST_HEADERS } from '../requests.js'
+import { CHAT_BODY, CHAT_PATH } from '../requests.js'
 import { percentile, sortedOf } from './percentile.js'
 import type { Measured } from './phase.js'
 
@@ -9,11 +9,18 @@ import type { Measured } from './phase.js'
  * setTimeout for gaps ≥ 1 ms and setImmediate for shorter ones, firing every request that is due on
  * each turn, so sends stay evenly spaced instead of the per-second bursts autocannon -R produces.
  * Latency is measured from the actual send; `lag` is how late each send was against its slot.
+ * `headers` are the chat POST's (they carry the client's key).
  */
-export async function pacedLoad(baseUrl: string, rate: number, seconds: number, maxInFlight: number): Promise<Measured> {
+export async function pacedLoad(
+  baseUrl: string,
+  rate: number,
+  seconds: number,
+  maxInFlight: number,
+  headers: Readonly<Record<string, string>>,
+): Promise<Measured> {
   const pool = new Pool(baseUrl, { connections: maxInFlight, pipelining: 1, keepAliveTimeout: 30_000 })
   const request = () =>
-    pool.request({ method: 'POST', path: CHAT_PATH, headers: REQUEST_HEADERS, body: CHAT_BODY }).then(async (response) => {
+    pool.request({ method: 'POST', path: CHAT_PATH, headers, body: CHAT_BODY }).then(async (response) => {
       await response.body.dump()
       return response.statusCode
     })

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { BenchPlan } from '../plan.js'
-import { CHAT_BODY, CHAT_PATH, GET_HEADERS, MODELS_PATH, REQUEST_HEADERS, STREAM_BODY } from '../requests.js'
+import { CHAT_BODY, CHAT_PATH, type ClientHeaders, MODELS_PATH, STREAM_BODY } from '../requests.js'
 import { fromAutocannon, runAutocannon } from './autocannon.js'
 import { pacedLoad } from './paced.js'
 import { type CpuWatch, measurePhase, type PhaseId, type PhaseResult } from './phase.js'
@@ -8,13 +8,22 @@ import { unloadedNonStreaming, unloadedStreaming } from './unloaded.js'
 
 export type TargetPhases = Partial<Record<PhaseId, PhaseResult>>
 
-/** Phases (a) to (e) against one target at `url`, each charged to the processes in `watch`. */
-export async function measureTargetPhases(label: string, url: string, watch: CpuWatch, plan: BenchPlan): Promise<TargetPhases> {
+/**
+ * Phases (a) to (e) against one target at `url`, each charged to the processes in `watch`; every
+ * request carries `headers` (the local key, or the team target's gateway key).
+ */
+export async function measureTargetPhases(
+  label: string,
+  url: string,
+  watch: CpuWatch,
+  plan: BenchPlan,
+  headers: ClientHeaders,
+): Promise<TargetPhases> {
   const { phases: lengths, connections } = plan
   const phases: TargetPhases = {}
   const pause = () => sleep(plan.pauseBetweenPhasesMs)
   const cannon = (options: Parameters<typeof runAutocannon>[0]) => runAutocannon(options, plan.autocannonSampleMs)
-  const chat = { url: url + CHAT_PATH, method: 'POST', headers: REQUEST_HEADERS }
+  const chat = { url: url + CHAT_PATH, method: 'POST', headers: headers.chat }
 
   process.stdout.write(`  [${label}] (a) non-streaming throughput: ${lengths.warmupS} s warm-up, ${lengths.throughputS} s\n`)
   if (lengths.warmupS > 0) await cannon({ ...chat, body: CHAT_BODY, connections: connections.throughput, duration: lengths.warmupS })
@@ -24,7 +33,9 @@ export async function measureTargetPhases(label: string, url: string, watch: Cpu
   await pause()
 
   process.stdout.write(`  [${label}] (b) paced ${lengths.pacedRate} req/s, ${lengths.pacedS} s\n`)
-  phases.paced = await measurePhase('paced', watch, () => pacedLoad(url, lengths.pacedRate, lengths.pacedS, connections.pacedMaxInFlight))
+  phases.paced = await measurePhase('paced', watch, () =>
+    pacedLoad(url, lengths.pacedRate, lengths.pacedS, connections.pacedMaxInFlight, headers.chat),
+  )
   await pause()
 
   process.stdout.write(`  [${label}] (c) streaming, ${connections.stream} connections, ${lengths.streamS} s\n`)
@@ -34,8 +45,8 @@ export async function measureTargetPhases(label: string, url: string, watch: Cpu
   await pause()
 
   process.stdout.write(`  [${label}] (d) unloaded: ${lengths.unloadedN} requests and ${lengths.unloadedStreamsN} streams, one at a time\n`)
-  const unloaded = await measurePhase('unloaded', watch, () => unloadedNonStreaming(url, lengths.unloadedN))
-  const unloadedStream = await measurePhase('unloaded', watch, () => unloadedStreaming(url, lengths.unloadedStreamsN))
+  const unloaded = await measurePhase('unloaded', watch, () => unloadedNonStreaming(url, lengths.unloadedN, headers.chat))
+  const unloadedStream = await measurePhase('unloaded', watch, () => unloadedStreaming(url, lengths.unloadedStreamsN, headers.chat))
   phases.unloaded = {
     ...unloaded,
     errors: unloaded.errors + unloadedStream.errors,
@@ -57,7 +68,7 @@ export async function measureTargetPhases(label: string, url: string, watch: Cpu
       await cannon({
         url: url + MODELS_PATH,
         method: 'GET',
-        headers: GET_HEADERS,
+        headers: headers.get,
         connections: connections.models,
         duration: lengths.modelsS,
       }),

@@ -1,15 +1,15 @@
 import { Client } from 'undici'
-import { CHAT_BODY, CHAT_PATH, REQUEST_HEADERS, STREAM_BODY } from '../requests.js'
+import { CHAT_BODY, CHAT_PATH, STREAM_BODY } from '../requests.js'
 import { percentile, sortedOf } from './percentile.js'
 import type { Measured } from './phase.js'
 
 /** One request at a time over one keep-alive connection: the latency the proxy adds when idle. */
-export async function unloadedNonStreaming(baseUrl: string, count: number): Promise<Measured> {
+export async function unloadedNonStreaming(baseUrl: string, count: number, headers: Readonly<Record<string, string>>): Promise<Measured> {
   const client = new Client(baseUrl, { pipelining: 1, keepAliveTimeout: 30_000 })
   let errors = 0
   let non2xx = 0
   const once = async (): Promise<void> => {
-    const response = await client.request({ method: 'POST', path: CHAT_PATH, headers: REQUEST_HEADERS, body: CHAT_BODY })
+    const response = await client.request({ method: 'POST', path: CHAT_PATH, headers, body: CHAT_BODY })
     await response.body.dump()
     if (response.statusCode < 200 || response.statusCode > 299) non2xx += 1
   }
@@ -41,7 +41,7 @@ export async function unloadedNonStreaming(baseUrl: string, count: number): Prom
 }
 
 /** One stream at a time: time to the first body chunk (the first SSE event) and to the end. */
-export async function unloadedStreaming(baseUrl: string, count: number): Promise<Measured> {
+export async function unloadedStreaming(baseUrl: string, count: number, headers: Readonly<Record<string, string>>): Promise<Measured> {
   const client = new Client(baseUrl, { pipelining: 1, keepAliveTimeout: 30_000 })
   let errors = 0
   let non2xx = 0
@@ -50,7 +50,7 @@ export async function unloadedStreaming(baseUrl: string, count: number): Promise
   const totals: number[] = []
   const once = async (record: boolean): Promise<void> => {
     const t0 = performance.now()
-    const response = await client.request({ method: 'POST', path: CHAT_PATH, headers: REQUEST_HEADERS, body: STREAM_BODY })
+    const response = await client.request({ method: 'POST', path: CHAT_PATH, headers, body: STREAM_BODY })
     let first: number | undefined
     let text = ''
     for await (const chunk of response.body) {

@@ -1,7 +1,10 @@
 import type { MemoryResult } from '../memory-phase.js'
 import type { TargetResult } from '../targets.js'
 
-/** Errors, non-2xx responses, warn/error log lines and streams that never flowed; any of them fails the run. */
+/**
+ * Errors, non-2xx responses, warn/error log lines, streams that never flowed, and (team target) usage
+ * rows that do not match the requests answered; any of them fails the run.
+ */
 export function problemsOf(targets: TargetResult[], memory: MemoryResult | undefined): string[] {
   const problems: string[] = []
   for (const target of targets) {
@@ -14,6 +17,15 @@ export function problemsOf(targets: TargetResult[], memory: MemoryResult | undef
     }
     if (target.log !== undefined && target.log.warnOrWorse > 0) {
       problems.push(`${target.label}: ${target.log.warnOrWorse} warn/error log lines, e.g. ${target.log.sample[0] ?? ''}`)
+    }
+    if (target.target === 'team') {
+      const usage = target.usage
+      if (usage === undefined) problems.push(`${target.label}: no usage check was made`)
+      else if (!usage.ok) {
+        problems.push(
+          `${target.label}: usage records lost — the store has ${usage.usageRows} usage rows for key ${usage.keyName} but the proxy answered ${usage.answeredRequests} chat requests for it (the load counted ${usage.measuredChatResponses} in the measured phases); store kept at ${target.keptStore ?? '?'}`,
+        )
+      }
     }
   }
   if (memory !== undefined) {

@@ -2,6 +2,7 @@ import type { RunMode } from '../cli.js'
 import type { MemoryResult } from '../memory-phase.js'
 import type { Connections, PhasePlan } from '../plan.js'
 import type { TargetResult, UpstreamSizes } from '../targets.js'
+import type { TeamComparison } from './team.js'
 
 /** Everything a run found; written as-is to the results JSON and rendered as the markdown. */
 export interface Report {
@@ -11,6 +12,8 @@ export interface Report {
   readonly plan: PhasePlan & { connections: Connections; clockTicksPerSecond: number }
   readonly upstream: UpstreamSizes
   readonly targets: TargetResult[]
+  /** When the run measured both `proxy` and `team`: team mode's figures over local mode's, with goals. */
+  readonly teamVsLocal?: TeamComparison
   readonly memory?: MemoryResult
   readonly problems: string[]
   readonly wallSeconds: number

@@ -100,6 +100,7 @@ export function phaseTable(id: PhaseId, targets: TargetResult[]): string {
   }
   ratioRow('**proxy ÷ floor**', byName('proxy'), byName('floor'))
   ratioRow('**proxy ÷ direct**', byName('proxy'), byName('direct'))
+  ratioRow('**team ÷ proxy**', byName('team'), byName('proxy'))
   ratioRow('drift: direct (end) ÷ direct', byName('direct (end)'), byName('direct'))
   return rows.join('\n')
 }

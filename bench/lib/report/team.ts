@@ -1,0 +1,138 @@
+import type { PhaseId, PhaseResult } from '../load/phase.js'
+import type { TargetResult } from '../targets.js'
+import type { UsageCheck } from '../team-target.js'
+import { fmt } from './format.js'
+
+/**
+ * Team mode against local mode, from the same run: the `team` target (the proxy with team.enabled,
+ * a gateway key, usage recorded) over the `proxy` target (default config). CPU figures are ratios,
+ * latencies differences in ms; each with its goal when it has one. Goals are shown, not enforced
+ * (as for the other targets: the machine is too noisy for a pass/fail on speed); a lost usage
+ * record is enforced, by problems.ts.
+ */
+
+export interface TeamFigure {
+  readonly figure: string
+  readonly phase: PhaseId
+  /** The `proxy` target's figure (µs or ms). */
+  readonly local: number
+  readonly team: number
+  /** `ratio`: team ÷ local; `addedMs`: team − local, in ms. */
+  readonly kind: 'ratio' | 'addedMs'
+  readonly value: number
+  /** The largest value that meets the goal; null when the figure is shown for information. */
+  readonly goal: number | null
+  readonly met: boolean | null
+}
+
+export interface TeamComparison {
+  readonly figures: TeamFigure[]
+  /** Every figure with a goal meets it. */
+  readonly goalsMet: boolean
+  readonly usage: UsageCheck | undefined
+}
+
+/** Goals (issue 8): team mode costs at most 15 % more CPU per request and adds at most 0.1 ms at the median. */
+export const TEAM_CPU_RATIO_GOAL = 1.15
+export const TEAM_ADDED_P50_GOAL_MS = 0.1
+
+interface FigureSpec {
+  readonly figure: string
+  readonly phase: PhaseId
+  readonly value: (p: PhaseResult) => number | undefined
+  readonly kind: 'ratio' | 'addedMs'
+  readonly goal: number | null
+}
+
+const FIGURES: FigureSpec[] = [
+  {
+    figure: '(a) CPU µs per non-streaming request',
+    phase: 'throughput',
+    value: (p) => p.cpuUsPerReq,
+    kind: 'ratio',
+    goal: TEAM_CPU_RATIO_GOAL,
+  },
+  { figure: '(c) CPU µs per 20-event stream', phase: 'stream', value: (p) => p.cpuUsPerReq, kind: 'ratio', goal: TEAM_CPU_RATIO_GOAL },
+  { figure: '(d) unloaded p50 ms, non-streaming', phase: 'unloaded', value: (p) => p.p50Ms, kind: 'addedMs', goal: TEAM_ADDED_P50_GOAL_MS },
+  {
+    figure: '(d) unloaded p50 ms, stream first byte',
+    phase: 'unloaded',
+    value: (p) => p.extra.firstByteP50Ms,
+    kind: 'addedMs',
+    goal: TEAM_ADDED_P50_GOAL_MS,
+  },
+  { figure: '(b) paced 1000 req/s p50 ms', phase: 'paced', value: (p) => p.p50Ms, kind: 'addedMs', goal: TEAM_ADDED_P50_GOAL_MS },
+  { figure: '(a) req/s, non-streaming', phase: 'throughput', value: (p) => p.rps, kind: 'ratio', goal: null },
+  { figure: '(b) CPU µs per request, paced', phase: 'paced', value: (p) => p.cpuUsPerReq, kind: 'ratio', goal: null },
+  { figure: '(c) streams/s', phase: 'stream', value: (p) => p.rps, kind: 'ratio', goal: null },
+  { figure: '(d) CPU µs per request, unloaded', phase: 'unloaded', value: (p) => p.cpuUsPerReq, kind: 'ratio', goal: null },
+  { figure: '(d) CPU µs per stream, unloaded', phase: 'unloaded', value: (p) => p.extra.streamCpuUsPerStream, kind: 'ratio', goal: null },
+  { figure: '(e) CPU µs per GET /models (filtered per key)', phase: 'models', value: (p) => p.cpuUsPerReq, kind: 'ratio', goal: null },
+]
+
+/** Undefined unless the run measured both `proxy` and `team`. */
+export function teamComparison(targets: TargetResult[]): TeamComparison | undefined {
+  const local = targets.find((t) => t.label === 'proxy')
+  const team = targets.find((t) => t.label === 'team')
+  if (local === undefined || team === undefined) return undefined
+  const figures: TeamFigure[] = []
+  for (const spec of FIGURES) {
+    const a = team.phases[spec.phase]
+    const b = local.phases[spec.phase]
+    if (a === undefined || b === undefined) continue
+    const teamValue = spec.value(a) ?? Number.NaN
+    const localValue = spec.value(b) ?? Number.NaN
+    const value = spec.kind === 'ratio' ? teamValue / localValue : teamValue - localValue
+    const met = spec.goal === null || !Number.isFinite(value) ? null : value <= spec.goal
+    figures.push({
+      figure: spec.figure,
+      phase: spec.phase,
+      local: localValue,
+      team: teamValue,
+      kind: spec.kind,
+      value,
+      goal: spec.goal,
+      met,
+    })
+  }
+  return { figures, goalsMet: figures.every((f) => f.met !== false), usage: team.usage }
+}
+
+/** The comparison as a markdown section: the figures with their goals, then the usage check. */
+export function teamSection(comparison: TeamComparison): string[] {
+  const lines = [
+    '## Team mode ÷ local mode (`team` ÷ `proxy`, same run)',
+    '',
+    '`team`: the proxy with `team.enabled: true` on a fresh SQLite store, one gateway key (rpm and tpm far above the load), usage recorded; the load sends the key as its Bearer token.',
+    '',
+    '| figure | local (`proxy`) | `team` | team vs local | goal | met |',
+    '|---|---:|---:|---:|---:|---|',
+  ]
+  for (const f of comparison.figures) {
+    const digits = f.kind === 'addedMs' ? 3 : 2
+    const shown = f.kind === 'ratio' ? `${fmtRatio(f.value)}` : `${signed(f.value)} ms`
+    const goal = f.goal === null ? '–' : f.kind === 'ratio' ? `≤ ${f.goal.toFixed(2)}×` : `≤ +${f.goal} ms`
+    const met = f.met === null ? '' : f.met ? 'yes' : '**no**'
+    lines.push(`| ${f.figure} | ${fmt(f.local, digits)} | ${fmt(f.team, digits)} | ${shown} | ${goal} | ${met} |`)
+  }
+  lines.push('')
+  const u = comparison.usage
+  if (u === undefined) lines.push('**Usage check: not made** (the team target has no usage figures).', '')
+  else
+    lines.push(
+      `Usage records: ${u.usageRows} rows in the store for key \`${u.keyName}\` (${u.keyPrefix}…, rpm ${u.rpm}, tpm ${u.tpm}); ` +
+        `${u.answeredRequests} chat requests answered for it (the proxy's request log); ${u.measuredChatResponses} counted by the load in the measured phases (warm-ups not included); ` +
+        `${u.completeRowsWithTokens} rows are 200 \`complete\` with tokens (${u.completeStreamRowsWithTokens} of them streams). ${u.ok ? '**ok**: every answered request has its record.' : '**USAGE RECORDS LOST**: rows ≠ requests answered.'}`,
+      '',
+    )
+  return lines
+}
+
+function fmtRatio(value: number): string {
+  return Number.isFinite(value) ? `${value.toFixed(2)}×` : '–'
+}
+
+function signed(value: number): string {
+  if (!Number.isFinite(value)) return '–'
+  return `${value >= 0 ? '+' : '−'}${Math.abs(value).toFixed(3)}`
+}
