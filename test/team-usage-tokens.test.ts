@@ -33,15 +33,18 @@ function splits(length: number): number[][] {
 }
 
 t.test('include_usage is asked for only when the client did not', async (t) => {
-  t.same(withUsageRequested({ model: MODEL, stream: true }), {
-    body: { model: MODEL, stream: true, stream_options: { include_usage: true } },
-    injected: true,
-  })
-  t.same(withUsageRequested({ model: MODEL, stream_options: { include_usage: false, other: 1 } }).body.stream_options, {
-    include_usage: true,
-    other: 1,
-  })
-  t.same(withUsageRequested({ model: MODEL, stream_options: { include_usage: true } }).injected, false)
+  const asked = (parsed: Record<string, unknown>, text = JSON.stringify(parsed)) => withUsageRequested({ body: Buffer.from(text), parsed })
+  const spliced = asked({ model: MODEL, stream: true }, ' {"model": "m",\n "stream": true}')
+  t.equal(
+    spliced?.body.toString(),
+    ' {"stream_options":{"include_usage":true},"model": "m",\n "stream": true}',
+    "spliced in, the client's bytes kept",
+  )
+  t.same(JSON.parse(spliced?.body.toString() ?? ''), { stream_options: { include_usage: true }, model: 'm', stream: true }, 'still JSON')
+  t.same(spliced?.parsed, { model: MODEL, stream: true, stream_options: { include_usage: true } }, 'the fields for fallbacks')
+  const merged = asked({ model: MODEL, stream_options: { include_usage: false, other: 1 } })
+  t.same(JSON.parse(merged?.body.toString() ?? '').stream_options, { include_usage: true, other: 1 }, 'other stream options kept')
+  t.equal(asked({ model: MODEL, stream_options: { include_usage: true } }), undefined, 'the client asked itself: unchanged')
 })
 
 t.test('usage of a JSON answer', async (t) => {
@@ -53,6 +56,31 @@ t.test('usage of a JSON answer', async (t) => {
   )
   t.equal(usageOfBody(Buffer.from('{"choices":[]}')), undefined, 'none')
   t.equal(usageOfBody(Buffer.from('not json')), undefined)
+  const details = {
+    ...completion(MODEL),
+    usage: { prompt_tokens: 9, completion_tokens: 1, total_tokens: 10, prompt_tokens_details: { cached_tokens: 4, x: '}{"' } },
+  }
+  t.same(
+    usageOfBody(Buffer.from(JSON.stringify(details, null, 2))),
+    { promptTokens: 9, completionTokens: 1, totalTokens: 10 },
+    'nested objects, braces in strings, pretty-printed',
+  )
+  const first = {
+    usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 },
+    choices: [{ message: { content: 'the "usage": {"prompt_tokens": 99} field' } }],
+  }
+  t.same(
+    usageOfBody(Buffer.from(JSON.stringify(first))),
+    { promptTokens: 1, completionTokens: 2, totalTokens: 3 },
+    'usage first, the word in the content',
+  )
+  t.same(
+    usageOfBody(Buffer.from('{"usage" : {"prompt_tokens":2,"completion_tokens":2,"total_tokens":4}}')),
+    { promptTokens: 2, completionTokens: 2, totalTokens: 4 },
+    'spaces around the colon',
+  )
+  t.equal(usageOfBody(Buffer.from('{"usage":null}')), undefined, 'null usage')
+  t.equal(usageOfBody(Buffer.from('{"usage":{"prompt_tokens":2')), undefined, 'a truncated body')
 })
 
 t.test('the injected usage chunk is removed at every chunking, multi-byte text included; the usage is read', async (t) => {

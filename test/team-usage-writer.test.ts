@@ -54,7 +54,9 @@ t.test('a failing store: records wait, one line per transition, all written in o
   t.equal(writer.queued, 8, 'nothing lost while it fails')
   t.same(lines, ['warn usage store unavailable; usage records wait in memory'], 'one line, however many failed flushes')
   sink.failing = false
-  await sleep(50)
+  // Retries back off while the store fails (1, 2, 4, … up to 32 intervals apart), so recovery is
+  // seen within 32 intervals.
+  for (let waited = 0; sink.written.length === 0 && waited < 1000; waited += 20) await sleep(20)
   t.same(sink.written, [0, 1, 2, 3, 4, 5, 6, 7])
   t.same(lines.slice(1), ['info usage store is back; writing the waiting usage records'])
   t.equal(writer.storeHealthy, true)
@@ -70,6 +72,20 @@ t.test('bounded: past maxQueued the oldest go, and are counted', async (t) => {
   sink.failing = false
   t.equal(await writer.close(), true, 'the drain flushes')
   t.same(sink.written, [2, 3, 4])
+})
+
+t.test('a failing store is retried less and less often', async (t) => {
+  const sink = new FlakySink()
+  const writer = createUsageWriter({ sink, flushMs: 10, maxQueued: 1000, log: logSink().log })
+  t.teardown(() => writer.close())
+  sink.failing = true
+  writer.record(1)
+  await sleep(1000)
+  // About 100 intervals: with 1, 2, 4, 8, 16, 32 … between attempts, about 8 attempts.
+  t.ok(sink.writes >= 4 && sink.writes <= 12, `${sink.writes} attempts in ~100 intervals`)
+  t.equal(await writer.flush(), false, 'an explicit flush still tries at once')
+  sink.failing = false
+  t.equal(await writer.flush(), true)
 })
 
 t.test('close flushes what is left, and says when it could not', async (t) => {

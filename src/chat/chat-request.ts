@@ -72,9 +72,12 @@ export function modelChain(chat: ChatRequest, configured: Config['fallbacks'], a
   return chain
 }
 
-/** The same request with its fields changed (team mode asks a stream for its usage); the body is rewritten. */
-export function withFields(chat: ChatRequest, fields: Readonly<Record<string, unknown>>): ChatRequest {
-  return { ...chat, parsed: fields, body: rewritten(fields, chat.model) }
+/** The same request with other bytes and fields for the primary (team mode asks a stream for its usage). */
+export function withBody(
+  chat: ChatRequest,
+  changed: { readonly body: Buffer; readonly parsed: Readonly<Record<string, unknown>> },
+): ChatRequest {
+  return { ...chat, body: changed.body, parsed: changed.parsed }
 }
 
 /** The primary's body for the primary; for another model, the body with `model` set and `fallbacks` stripped. */

@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
-import { parseChatRequest, withFields } from '../chat/chat-request.js'
+import { parseChatRequest, withBody } from '../chat/chat-request.js'
 import type { ChainOutcome, FallbackChain } from '../chat/fallback-chain.js'
 import type { Failure } from '../failures.js'
 import type { Metrics } from '../metrics.js'
@@ -35,8 +35,8 @@ export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerM
     let chat = parseChatRequest(request.body)
     if (member !== undefined) {
       member.allowModel(chat.model, chat.stream)
-      const fields = member.upstreamFields(chat.parsed)
-      if (fields !== undefined) chat = withFields(chat, fields)
+      const changed = member.upstreamBody(chat)
+      if (changed !== undefined) chat = withBody(chat, changed)
     }
     const started = startUpstreamRequest(deps, request, { model: chat.model, hasBody: true, followClient: reply.raw })
     const { headers, clock, trace } = started

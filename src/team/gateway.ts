@@ -11,7 +11,7 @@ import type { Admission, KeyLimiter, Permit, RateLimitHeaders } from './limiter.
 import { modelAllowed, modelListFor } from './model-allow.js'
 import type { TeamMetrics } from './team-metrics.js'
 import type { UsageEnding, UsageRecord } from './usage.js'
-import { StreamUsageTap, type TokenUsage, usageOfBody, withUsageRequested } from './usage-tokens.js'
+import { type ChatBody, StreamUsageTap, type TokenUsage, usageOfBody, withUsageRequested } from './usage-tokens.js'
 import type { UsageWriter } from './usage-writer.js'
 
 /**
@@ -176,11 +176,11 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
       throw this.refuse(limitRefusal(admission, this.limits as KeyLimits))
     }
 
-    upstreamFields(parsed: Readonly<Record<string, unknown>>): Record<string, unknown> | undefined {
+    upstreamBody(chat: ChatBody): ChatBody | undefined {
       if (!this.stream) return undefined
-      const { body, injected } = withUsageRequested(parsed)
-      this.usageInjected = injected
-      return injected ? body : undefined
+      const asked = withUsageRequested(chat)
+      this.usageInjected = asked !== undefined
+      return asked
     }
 
     answered(body: Buffer | undefined): void {
@@ -262,22 +262,16 @@ export interface TeamRequest {
   /** Budget, then rpm / tpm / concurrency (possibly waiting in the key's queue); throws the refusal. */
   admit(chat: ChatBody, signal: RequestSignal, deadlineAtMs: number): Promise<void>
   /**
-   * The request's fields as the upstream must get them, or undefined when they stay the client's:
-   * a stream asks for `include_usage` when the client did not.
+   * The request as the upstream must get it, or undefined when it stays the client's: a stream
+   * asks for `include_usage` when the client did not.
    */
-  upstreamFields(parsed: Readonly<Record<string, unknown>>): Record<string, unknown> | undefined
+  upstreamBody(chat: ChatBody): ChatBody | undefined
   /** A JSON answer was committed: its `usage` is the request's. */
   answered(body: Buffer | undefined): void
   /** A stream is being committed (its first event now): the tap its chunks pass through. */
   streamTap(): StreamUsageTap
   /** The request has ended: settle its limits and record its usage. Idempotent. */
   finish(end: RequestEnd, streamEnding: StreamEnding | undefined): void
-}
-
-/** What admission reads of a chat request. */
-export interface ChatBody {
-  readonly body: Buffer
-  readonly parsed: Readonly<Record<string, unknown>>
 }
 
 /** The tpm reservation: prompt bytes / 4 plus the most the answer may use. */

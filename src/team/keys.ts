@@ -1,4 +1,4 @@
-import { createHash, randomBytes as cryptoRandomBytes } from 'node:crypto'
+import { randomBytes as cryptoRandomBytes, hash } from 'node:crypto'
 import { TeamError } from './errors.js'
 import { type BudgetPeriod, DEFAULT_BUDGET_PERIOD, type KeyFields, keyFieldsToColumns } from './key-fields.js'
 import type { KeyRow } from './store/schema.js'
@@ -68,7 +68,8 @@ const ID_BYTES = 12
 const PREFIX_CHARS = 12
 
 export function hashSecret(secret: string): string {
-  return createHash('sha256').update(secret).digest('hex')
+  // crypto.hash: the one-shot form, without a Hash object per request.
+  return hash('sha256', secret, 'hex')
 }
 
 export function keyStatus(record: KeyRecord, now: Date): KeyStatus {

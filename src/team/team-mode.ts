@@ -39,9 +39,16 @@ export interface TeamModeOptions {
   readonly wallClockNow?: () => number
   /** A relative sqlite: path is relative to this. @default process.cwd() */
   readonly cwd?: string
-  /** How long a store write waits for another writer's lock. @default 5000 */
+  /** How long a store write waits for another writer's lock. @default 100 */
   readonly storeBusyTimeoutMs?: number
 }
+
+/**
+ * SQLite waits for a lock on the calling thread, so the server's wait is short: a store held by
+ * another writer (the CLI, a backup) stalls the event loop at most this long per attempt, and the
+ * usage writer retries later. The CLI keeps the store's longer default.
+ */
+const SERVER_STORE_BUSY_TIMEOUT_MS = 100
 
 /** Usage records kept in memory while the store is unavailable; beyond it the oldest are dropped, and counted. */
 const MAX_WAITING_USAGE_RECORDS = 100_000
@@ -52,7 +59,7 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
   const wallClockNow = options.wallClockNow ?? Date.now
   const service = await openTeamService(team.storeUrl, {
     ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
-    ...(options.storeBusyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.storeBusyTimeoutMs }),
+    busyTimeoutMs: options.storeBusyTimeoutMs ?? SERVER_STORE_BUSY_TIMEOUT_MS,
     now: () => new Date(wallClockNow()),
   })
   const metrics = createTeamMetrics()

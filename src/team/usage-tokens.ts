@@ -11,20 +11,79 @@ export interface TokenUsage {
   readonly totalTokens: number | null
 }
 
-/** The request body to send upstream, with `include_usage` asked for when the client did not. */
-export function withUsageRequested(parsed: Readonly<Record<string, unknown>>): { body: Record<string, unknown>; injected: boolean } {
-  const options = parsed.stream_options
-  if (isRecord(options) && options.include_usage === true) return { body: { ...parsed }, injected: false }
-  return { body: { ...parsed, stream_options: { ...(isRecord(options) ? options : {}), include_usage: true } }, injected: true }
+/** A chat request as its body bytes and its parsed fields. */
+export interface ChatBody {
+  readonly body: Buffer
+  readonly parsed: Readonly<Record<string, unknown>>
 }
 
-/** The `usage` of a non-streaming answer, or undefined when it has none. */
+const USAGE_OPTION = Buffer.from('"stream_options":{"include_usage":true},')
+
+/**
+ * The request to send upstream with `include_usage` asked for, or undefined when the client asked
+ * for it itself. Without `stream_options` the option is spliced in after the body's opening brace,
+ * so the rest of the client's bytes go as they are (and no re-serialisation is paid per stream).
+ */
+export function withUsageRequested(chat: ChatBody): ChatBody | undefined {
+  const options = chat.parsed.stream_options
+  if (isRecord(options) && options.include_usage === true) return undefined
+  const parsed = { ...chat.parsed, stream_options: { ...(isRecord(options) ? options : {}), include_usage: true } }
+  const brace = chat.body.indexOf(0x7b)
+  if (options !== undefined || brace === -1) return { parsed, body: Buffer.from(JSON.stringify(parsed)) }
+  // The body is an object with at least `model`, so a comma always has a member to precede.
+  return { parsed, body: Buffer.concat([chat.body.subarray(0, brace + 1), USAGE_OPTION, chat.body.subarray(brace + 1)]) }
+}
+
+const USAGE_FIELD = Buffer.from('"usage"')
+
+/**
+ * The `usage` of a non-streaming answer, or undefined when it has none. Only the `usage` object is
+ * parsed, found from the end (where OpenAI-style answers put it): parsing the whole answer cost
+ * more than everything else team mode does to a request. Inside a JSON string a quote is always
+ * escaped, so a raw `"usage":` is a key; when the tail does not hold one, the whole body is parsed.
+ */
 export function usageOfBody(body: Buffer): TokenUsage | undefined {
+  const at = body.lastIndexOf(USAGE_FIELD)
+  if (at === -1) return undefined
+  const object = objectAfterKey(body, at + USAGE_FIELD.length)
+  if (object !== undefined) {
+    try {
+      return usageOf(JSON.parse(object.toString('utf8')))
+    } catch {}
+  }
   try {
     return usageOf((JSON.parse(body.toString('utf8')) as { usage?: unknown } | null)?.usage)
   } catch {
     return undefined
   }
+}
+
+/** The bytes of the JSON object that follows `"key"` + `:` at `from`, or undefined when none does. */
+function objectAfterKey(bytes: Buffer, from: number): Buffer | undefined {
+  let i = from
+  while (isJsonSpace(bytes[i])) i++
+  if (bytes[i] !== 0x3a) return undefined // ':'
+  i++
+  while (isJsonSpace(bytes[i])) i++
+  if (bytes[i] !== 0x7b) return undefined // '{'
+  const start = i
+  let depth = 0
+  let inString = false
+  for (; i < bytes.length; i++) {
+    const byte = bytes[i]
+    if (inString) {
+      if (byte === 0x5c)
+        i++ // a backslash escapes the next byte
+      else if (byte === 0x22) inString = false
+    } else if (byte === 0x22) inString = true
+    else if (byte === 0x7b) depth++
+    else if (byte === 0x7d && --depth === 0) return bytes.subarray(start, i + 1)
+  }
+  return undefined
+}
+
+function isJsonSpace(byte: number | undefined): boolean {
+  return byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09
 }
 
 const EVENT_END = Buffer.from('\n\n')
@@ -49,12 +108,13 @@ export class StreamUsageTap {
   /** The bytes of `chunk` to forward now (possibly fewer, or more with what was held back). */
   push(chunk: Buffer): Buffer {
     const bytes = this.pending === undefined ? chunk : Buffer.concat([this.pending, chunk])
-    const completeLength = lastEventEnd(bytes)
+    // The usual chunk ends on an event boundary: no backwards search for one.
+    const completeLength = endsAnEvent(bytes) ? bytes.length : lastEventEnd(bytes)
     if (completeLength === -1) {
       this.pending = bytes
       return this.dropInjected ? EMPTY : chunk
     }
-    const complete = bytes.subarray(0, completeLength)
+    const complete = completeLength === bytes.length ? bytes : bytes.subarray(0, completeLength)
     this.pending = completeLength < bytes.length ? bytes.subarray(completeLength) : undefined
     // The usual chunk holds no usage at all: one indexOf, forwarded untouched.
     if (complete.indexOf(USAGE_KEY) === -1) return this.dropInjected ? complete : chunk
@@ -94,6 +154,13 @@ function nextEventEnd(bytes: Buffer, from: number): number {
   const crlf = bytes.indexOf(EVENT_END_CRLF, from)
   if (lf === -1) return crlf === -1 ? -1 : crlf + EVENT_END_CRLF.length
   return crlf === -1 || lf < crlf ? lf + EVENT_END.length : crlf + EVENT_END_CRLF.length
+}
+
+function endsAnEvent(bytes: Buffer): boolean {
+  const n = bytes.length
+  return (
+    n >= 2 && bytes[n - 1] === 0x0a && (bytes[n - 2] === 0x0a || (bytes[n - 2] === 0x0d && bytes[n - 3] === 0x0a && bytes[n - 4] === 0x0d))
+  )
 }
 
 /** The length of the complete events at the start of `bytes`, or -1 when there is none. */

@@ -41,8 +41,15 @@ export function createUsageWriter<T>(options: UsageWriterOptions<T>): UsageWrite
   let queue: T[] = []
   let dropped = 0
   let healthy = true
+  let failures = 0
+  let ticksToSkip = 0
   let flushing: Promise<boolean> | undefined
-  const timer = setInterval(() => void flush(), options.flushMs)
+  // A failing store is retried less and less often (up to every 32 flush intervals): a write to a
+  // locked SQLite file waits out its busy timeout on the event loop.
+  const timer = setInterval(() => {
+    if (ticksToSkip > 0) ticksToSkip--
+    else void flush()
+  }, options.flushMs)
   timer.unref()
 
   async function writeAll(): Promise<boolean> {
@@ -51,6 +58,8 @@ export function createUsageWriter<T>(options: UsageWriterOptions<T>): UsageWrite
       try {
         await sink.write(batch)
       } catch (error: unknown) {
+        failures++
+        ticksToSkip = 2 ** Math.min(failures, 5) - 1
         if (healthy) {
           healthy = false
           log.warn({ err: error, queued: queue.length }, 'usage store unavailable; usage records wait in memory')
@@ -58,6 +67,7 @@ export function createUsageWriter<T>(options: UsageWriterOptions<T>): UsageWrite
         return false
       }
       queue = queue.slice(batch.length)
+      failures = 0
       if (!healthy) {
         healthy = true
         log.info({ queued: queue.length, dropped }, 'usage store is back; writing the waiting usage records')
