@@ -30,7 +30,8 @@ export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerM
     const member = team?.begin(request.id, request.receivedAtMs)
     if (member !== undefined) {
       request.teamRequest = member
-      await member.authenticate(request.headers.authorization)
+      const lookingUp = member.authenticate(request.headers.authorization)
+      if (lookingUp !== undefined) await lookingUp
     }
     let chat = parseChatRequest(request.body)
     if (member !== undefined) {

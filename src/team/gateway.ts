@@ -77,11 +77,18 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
   let listedPrices: ReadonlyMap<string, ModelPrice> = new Map()
   const unpricedWarned = new Set<string>()
 
-  async function authenticate(authorization: string | string[] | undefined): Promise<KeyRecord> {
+  /** The key from memory when the cache has it (no promise on the hot path), else from the store. */
+  function authenticate(authorization: string | string[] | undefined): KeyRecord | Promise<KeyRecord> {
     const secret = bearerSecret(authorization)
     if (secret === undefined) throw proxyError('invalid_api_key', 'No gateway key: send Authorization: Bearer tpk_…')
     if (!secret.startsWith(SECRET_PREFIX)) throw proxyError('invalid_api_key')
     const secretHash = hashSecret(secret)
+    const cached = keyCache.fresh(secretHash)
+    if (cached !== undefined) return knownKey(cached.key)
+    return lookUp(secretHash)
+  }
+
+  async function lookUp(secretHash: string): Promise<KeyRecord> {
     let key: KeyRecord | undefined
     try {
       key = await keyCache.lookup(secretHash, () => deps.findKeyBySecretHash(secretHash))
@@ -93,6 +100,10 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
         'The gateway cannot check this key right now (its key store is unavailable); try again shortly',
       )
     }
+    return knownKey(key)
+  }
+
+  function knownKey(key: KeyRecord | undefined): KeyRecord {
     if (key === undefined) throw proxyError('invalid_api_key')
     return key
   }
@@ -134,8 +145,14 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
       this.receivedAtWallMs = wallClockNow()
     }
 
-    async authenticate(authorization: string | string[] | undefined): Promise<void> {
-      const key = await authenticate(authorization)
+    authenticate(authorization: string | string[] | undefined): Promise<void> | undefined {
+      const found = authenticate(authorization)
+      if (found instanceof Promise) return found.then((key) => this.accept(key))
+      this.accept(found)
+      return undefined
+    }
+
+    private accept(key: KeyRecord): void {
       // From here the request is the key's: even a refusal below is recorded against it.
       this.key = key
       try {
@@ -254,7 +271,8 @@ export interface TeamRequest {
   readonly key: KeyRecord | undefined
   /** The key's own `x-ratelimit-*`, replacing the upstream's; set once admitted. */
   readonly rateLimitHeaders: RateLimitHeaders | undefined
-  authenticate(authorization: string | string[] | undefined): Promise<void>
+  /** Undefined when the key was in memory (the usual case), else a promise of the store's answer. */
+  authenticate(authorization: string | string[] | undefined): Promise<void> | undefined
   /** Throws `model_not_allowed` unless the key may use the primary model. */
   allowModel(model: string, stream: boolean): void
   /** For the fallback chain: a model the key may not use is skipped. */

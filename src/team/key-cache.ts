@@ -12,6 +12,8 @@ export interface CachedKey {
 export interface KeyCache<K extends CachedKey> {
   /** The key with this secret hash, from memory when fresh, else from `load`. */
   lookup(secretHash: string, load: () => Promise<K | undefined>): Promise<K | undefined>
+  /** The cached answer for this hash while it is fresh (`key` undefined: a cached miss), else undefined. */
+  fresh(secretHash: string): { readonly key: K | undefined } | undefined
   /** Drops the key (updated or revoked) so the next request reads it again. */
   forget(keyId: string): void
   readonly size: number
@@ -45,6 +47,10 @@ export function createKeyCache<K extends CachedKey>(options: { ttlMs: number; ma
         .finally(() => loading.delete(secretHash))
       loading.set(secretHash, started)
       return started
+    },
+    fresh(secretHash) {
+      const cached = entries.get(secretHash)
+      return cached !== undefined && cached.expiresAtMs > now() ? cached : undefined
     },
     forget(keyId) {
       for (const [hash, entry] of entries) if (entry.key?.id === keyId) entries.delete(hash)

@@ -47,6 +47,8 @@ export function usageOfBody(body: Buffer): TokenUsage | undefined {
   if (at === -1) return undefined
   const object = objectAfterKey(body, at + USAGE_FIELD.length)
   if (object !== undefined) {
+    const counted = countsIn(object)
+    if (counted !== undefined) return counted
     try {
       return usageOf(JSON.parse(object.toString('utf8')))
     } catch {}
@@ -80,6 +82,38 @@ function objectAfterKey(bytes: Buffer, from: number): Buffer | undefined {
     else if (byte === 0x7d && --depth === 0) return bytes.subarray(start, i + 1)
   }
   return undefined
+}
+
+const COUNT_KEYS = [Buffer.from('"prompt_tokens"'), Buffer.from('"completion_tokens"'), Buffer.from('"total_tokens"')] as const
+
+/**
+ * The three counts read straight from the usage object's bytes when each is a plain whole number
+ * (the usual case); undefined otherwise, and the object is parsed instead.
+ */
+function countsIn(object: Buffer): TokenUsage | undefined {
+  const [prompt, completion, total] = COUNT_KEYS.map((key) => wholeNumberAfter(object, key))
+  if (prompt === undefined || completion === undefined || total === undefined) return undefined
+  return { promptTokens: prompt, completionTokens: completion, totalTokens: total }
+}
+
+function wholeNumberAfter(bytes: Buffer, key: Buffer): number | undefined {
+  const at = bytes.indexOf(key)
+  // A second occurrence would be a nested object's key: leave that to the parser.
+  if (at === -1 || bytes.indexOf(key, at + 1) !== -1) return undefined
+  let i = at + key.length
+  while (isJsonSpace(bytes[i])) i++
+  if (bytes[i] !== 0x3a) return undefined
+  i++
+  while (isJsonSpace(bytes[i])) i++
+  let value = 0
+  let digits = 0
+  for (let byte = bytes[i]; byte !== undefined && byte >= 0x30 && byte <= 0x39; byte = bytes[++i]) {
+    value = value * 10 + (byte - 0x30)
+    digits++
+  }
+  const next = bytes[i]
+  const ends = next === 0x2c || next === 0x7d || isJsonSpace(next)
+  return digits > 0 && digits <= 15 && ends ? value : undefined
 }
 
 function isJsonSpace(byte: number | undefined): boolean {
