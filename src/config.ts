@@ -83,6 +83,7 @@ export const CONFIG_SCHEMA = Type.Object(
     team: section({
       enabled: Type.Boolean({ default: false }),
       storeUrl: Type.String({ minLength: 1, default: 'sqlite:toprouter-proxy.db' }),
+      storePoolSize: Type.Integer({ minimum: 1, default: 10 }),
       redisUrl: Type.String({ default: '' }),
       keyCacheTtlMs: ms(5000),
       usageFlushMs: ms(1000, 1),

@@ -146,6 +146,16 @@ const badConfigs: Array<{ name: string; load: () => unknown; message: RegExp }> 
     message: /unknown key "team\.defaults\.rpn" \(known keys here: rpm, tpm, maxConcurrent\)/,
   },
   {
+    name: 'a team.storePoolSize of 0',
+    load: () => fromYaml('team: { storePoolSize: 0 }'),
+    message: /team\.storePoolSize/,
+  },
+  {
+    name: 'a fractional team.storePoolSize',
+    load: () => fromYaml('team: { storePoolSize: 2.5 }'),
+    message: /team\.storePoolSize/,
+  },
+  {
     name: 'an unknown redisFailure',
     load: () => fromYaml('team: { redisFailure: maybe }'),
     message: /team\.redisFailure must be one of open, closed, found "maybe"/,
@@ -189,6 +199,7 @@ t.test('team: defaults, and the upstream key required only when serving', async 
   t.same(defaults, {
     enabled: false,
     storeUrl: 'sqlite:toprouter-proxy.db',
+    storePoolSize: 10,
     redisUrl: '',
     keyCacheTtlMs: 5000,
     usageFlushMs: 1000,
@@ -206,6 +217,7 @@ t.test('team: defaults, and the upstream key required only when serving', async 
   t.equal(forCli.apiKey, undefined)
   t.equal(fromYaml('team: { storeUrl: "sqlite:/var/lib/gw.db" }').team.storeUrl, 'sqlite:/var/lib/gw.db')
   t.equal(fromYaml('team: { storeUrl: "postgresql://db/gw" }').team.storeUrl, 'postgresql://db/gw')
+  t.equal(fromYaml('team: { storePoolSize: 3 }').team.storePoolSize, 3)
 })
 
 const cli = (args: string[], env: Record<string, string> = {}) =>

@@ -55,7 +55,7 @@ export async function runTeamCli(argv: readonly string[], io: CliIo): Promise<nu
       forServing: false,
       readFile: (path) => readFileSync(resolve(io.cwd, path), 'utf8'),
     })
-    const team = await openTeamService(config.team.storeUrl, { cwd: io.cwd, now })
+    const team = await openTeamService(config.team.storeUrl, { cwd: io.cwd, now, poolSize: config.team.storePoolSize })
     try {
       await plan.run(team, io, plan.values.json === true)
     } finally {

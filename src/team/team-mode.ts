@@ -60,6 +60,7 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
   const service = await openTeamService(team.storeUrl, {
     ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
     busyTimeoutMs: options.storeBusyTimeoutMs ?? SERVER_STORE_BUSY_TIMEOUT_MS,
+    poolSize: team.storePoolSize,
     now: () => new Date(wallClockNow()),
   })
   const metrics = createTeamMetrics()
