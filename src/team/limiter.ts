@@ -6,7 +6,7 @@ import type { KeyLimits } from './keys.js'
 /**
  * A member key's request-time limits: requests per minute, tokens per minute (reserve an estimate,
  * settle to the real count) and requests in flight. rpm and tpm are rate-limiter-flexible's memory
- * limiters, whose Redis twins the fleet swaps in; concurrency is a counter. Over rpm or concurrency
+ * limiters, per replica (redis-limiter.ts shares them across a fleet); concurrency is a counter. Over rpm or concurrency
  * a request may wait its turn in a bounded FIFO per key (`maxQueueWaitMs`), within its deadline, and
  * leaves the queue at once when its client does.
  */
