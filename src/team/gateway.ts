@@ -190,6 +190,14 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
         return
       }
       if (admission.limit === 'aborted') throw abortFailure(signal.reason ?? 'client_gone')
+      if (admission.limit === 'unavailable') {
+        throw this.refuse(
+          proxyError(
+            'service_unavailable',
+            "The gateway cannot check this key's limits right now (the limits store is unavailable); try again shortly",
+          ),
+        )
+      }
       throw this.refuse(limitRefusal(admission, this.limits as KeyLimits))
     }
 

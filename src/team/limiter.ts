@@ -1,11 +1,12 @@
 import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible'
 import type { RequestSignal } from '../request-clock.js'
+import { createKeyQueue } from './key-queue.js'
 import type { KeyLimits } from './keys.js'
 
 /**
  * A member key's request-time limits: requests per minute, tokens per minute (reserve an estimate,
  * settle to the real count) and requests in flight. rpm and tpm are rate-limiter-flexible's memory
- * limiters, whose Redis twins the fleet swaps in; concurrency is a counter. Over rpm or concurrency
+ * limiters, per replica (redis-limiter.ts shares them across a fleet); concurrency is a counter. Over rpm or concurrency
  * a request may wait its turn in a bounded FIFO per key (`maxQueueWaitMs`), within its deadline, and
  * leaves the queue at once when its client does.
  */
@@ -46,6 +47,8 @@ export type Admission =
       readonly headers: RateLimitHeaders
     }
   | { readonly ok: false; readonly limit: 'aborted' }
+  /** The shared limits store (Redis) is down and `team.redisFailure` is `closed`. */
+  | { readonly ok: false; readonly limit: 'unavailable' }
 
 export interface KeyLimiter {
   admit(request: AdmitRequest): Promise<Admission>
@@ -60,22 +63,30 @@ export interface KeyLimiterOptions {
   readonly windowSeconds?: number
 }
 
-/** A queue longer than this per key is a client misbehaving; later requests are refused at once. */
-const MAX_QUEUED_PER_KEY = 256
-
-interface Ticket {
-  wake: () => void
+/** The memory limiter's check-and-take, without the queue: the Redis limiter's fallback too. */
+export interface MemoryAdmitter {
+  tryAdmit(request: AdmitRequest): Promise<Admission>
 }
 
 export function createKeyLimiter(options: KeyLimiterOptions): KeyLimiter {
-  const { maxQueueWaitMs, now } = options
+  const queue = createKeyQueue(options)
+  const admitter = createMemoryAdmitter({ ...options, onSlotFreed: (keyId) => queue.wake(keyId) })
+  return {
+    admit: (request) => queue.admit(request, admitter.tryAdmit),
+    queued: () => queue.queued(),
+  }
+}
+
+export function createMemoryAdmitter(options: {
+  readonly windowSeconds?: number
+  /** A permit released its concurrency slot. */
+  readonly onSlotFreed: (keyId: string) => void
+}): MemoryAdmitter {
   const windowSeconds = options.windowSeconds ?? 60
   // rate-limiter-flexible fixes `points` per limiter, so there is one limiter per distinct limit.
   const rpmLimiters = new Map<number, RateLimiterMemory>()
   const tpmLimiters = new Map<number, RateLimiterMemory>()
   const inFlight = new Map<string, number>()
-  const queues = new Map<string, Ticket[]>()
-  let queuedCount = 0
 
   const limiterFor = (cache: Map<number, RateLimiterMemory>, points: number) => {
     let limiter = cache.get(points)
@@ -107,17 +118,17 @@ export function createKeyLimiter(options: KeyLimiterOptions): KeyLimiter {
     const rpm = limits.rpm > 0 ? limiterFor(rpmLimiters, limits.rpm) : undefined
     if (rpm !== undefined) {
       const result = await take(rpm, keyId, 1)
-      describe(headers, 'requests', limits.rpm, result)
+      describe(headers, 'requests', limits.rpm, result.remainingPoints, result.msBeforeNext)
       if (result.refused) {
         freeSlot(keyId)
         return refusal('rpm', result.msBeforeNext, headers)
       }
     }
     const tpm = limits.tpm > 0 ? limiterFor(tpmLimiters, limits.tpm) : undefined
-    const reserved = Math.min(Math.max(0, Math.ceil(request.estimatedTokens)), limits.tpm)
+    const reserved = tokensToReserve(request)
     if (tpm !== undefined) {
       const result = await take(tpm, keyId, reserved)
-      describe(headers, 'tokens', limits.tpm, result)
+      describe(headers, 'tokens', limits.tpm, result.remainingPoints, result.msBeforeNext)
       if (result.refused) {
         if (rpm !== undefined) await rpm.reward(keyId, 1)
         freeSlot(keyId)
@@ -141,7 +152,7 @@ export function createKeyLimiter(options: KeyLimiterOptions): KeyLimiter {
           if (released) return
           released = true
           freeSlot(keyId)
-          queues.get(keyId)?.[0]?.wake()
+          options.onSlotFreed(keyId)
         },
       },
     }
@@ -153,76 +164,25 @@ export function createKeyLimiter(options: KeyLimiterOptions): KeyLimiter {
     else inFlight.delete(keyId)
   }
 
-  async function waitInQueue(request: AdmitRequest, refused: Admission & { ok: false }): Promise<Admission> {
-    const waitUntil = Math.min(now() + maxQueueWaitMs, request.deadlineAtMs)
-    const queue = queues.get(request.keyId) ?? []
-    if (queue.length >= MAX_QUEUED_PER_KEY) return refused
-    queues.set(request.keyId, queue)
-    const ticket: Ticket = { wake: ignore }
-    queue.push(ticket)
-    queuedCount++
-    let last: Admission = refused
-    try {
-      for (;;) {
-        // Only the head of the queue tries again; the others wait behind it, in order.
-        const delayMs = last.ok === false && last.limit === 'rpm' ? last.retryAfterMs : Number.POSITIVE_INFINITY
-        const leftMs = waitUntil - now()
-        if (leftMs <= 0 || (queue[0] === ticket && delayMs > leftMs && last.ok === false && last.limit === 'rpm')) return last
-        const woken = await sleepUntilWoken(ticket, Math.min(delayMs, leftMs), request.signal)
-        if (!woken) return { ok: false, limit: 'aborted' }
-        if (queue[0] !== ticket) continue
-        last = await tryAdmit(request)
-        if (last.ok || last.limit === 'tpm') return last
-      }
-    } finally {
-      queue.splice(queue.indexOf(ticket), 1)
-      queuedCount--
-      if (queue.length === 0) queues.delete(request.keyId)
-      else queue[0]?.wake()
-    }
-  }
-
-  return {
-    async admit(request) {
-      const first = await tryAdmit(request)
-      if (first.ok || first.limit === 'tpm' || first.limit === 'aborted' || maxQueueWaitMs <= 0) return first
-      if (request.signal.aborted) return { ok: false, limit: 'aborted' }
-      return waitInQueue(request, first)
-    },
-    queued: () => queuedCount,
-  }
+  return { tryAdmit }
 }
 
-/** Resolves true when woken or the time is up, false when the client left. */
-function sleepUntilWoken(ticket: Ticket, ms: number, signal: RequestSignal): Promise<boolean> {
-  if (signal.aborted) return Promise.resolve(false)
-  return new Promise((resolve) => {
-    const done = (value: boolean) => {
-      clearTimeout(timer)
-      signal.off('abort', onAbort)
-      ticket.wake = ignore
-      resolve(value)
-    }
-    const onAbort = () => done(false)
-    const timer = setTimeout(done, Math.max(1, Math.min(ms, 2 ** 31 - 1)), true)
-    ticket.wake = () => done(true)
-    signal.once('abort', onAbort)
-  })
+/** The tpm reservation, within the key's limit (so a large prompt waits for a whole window, not forever). */
+export function tokensToReserve(request: AdmitRequest): number {
+  return Math.min(Math.max(0, Math.ceil(request.estimatedTokens)), request.limits.tpm)
 }
 
-function refusal(limit: LimitName, retryAfterMs: number, headers: RateLimitHeaders): Admission {
+export function refusal(limit: LimitName, retryAfterMs: number, headers: RateLimitHeaders): Admission {
   return { ok: false, limit, retryAfterMs, retryAfterSeconds: wholeSeconds(retryAfterMs), headers }
 }
 
-function describe(headers: RateLimitHeaders, unit: 'requests' | 'tokens', limit: number, result: RateLimiterRes): void {
+export function describe(headers: RateLimitHeaders, unit: 'requests' | 'tokens', limit: number, remaining: number, resetMs: number): void {
   headers[`x-ratelimit-limit-${unit}`] = String(limit)
-  headers[`x-ratelimit-remaining-${unit}`] = String(Math.max(0, result.remainingPoints))
-  headers[`x-ratelimit-reset-${unit}`] = `${wholeSeconds(result.msBeforeNext)}s`
+  headers[`x-ratelimit-remaining-${unit}`] = String(Math.max(0, remaining))
+  headers[`x-ratelimit-reset-${unit}`] = `${wholeSeconds(resetMs)}s`
 }
 
 /** `Retry-After` and resets in whole seconds, at least 1. */
 function wholeSeconds(ms: number): number {
   return Math.max(1, Math.ceil(ms / 1000))
 }
-
-function ignore(): void {}

@@ -13,6 +13,8 @@ export interface TeamMetrics {
   /** The usage writer's state, read when /metrics is scraped. */
   watchUsageQueue(read: () => { queued: number; dropped: number; storeHealthy: boolean }): void
   watchLimiterQueue(read: () => number): void
+  /** Only with `team.redisUrl`: whether the shared limits store is reachable. */
+  watchRedis(read: () => boolean): void
 }
 
 export function createTeamMetrics(maxKeyLabels = 200): TeamMetrics {
@@ -99,6 +101,16 @@ export function createTeamMetrics(maxKeyLabels = 200): TeamMetrics {
         registers: [registry],
         collect() {
           this.set(read())
+        },
+      })
+    },
+    watchRedis(read) {
+      new Gauge({
+        name: `${prefix}redis_up`,
+        help: '1 while the Redis limits store is reachable (limits shared by the replicas), 0 while it is not',
+        registers: [registry],
+        collect() {
+          this.set(read() ? 1 : 0)
         },
       })
     },

@@ -6,7 +6,8 @@ import { createMemoryBudgetLedger } from './budget.js'
 import { createTeamGateway, type TeamGateway, type TeamGatewayLog } from './gateway.js'
 import { createKeyCache } from './key-cache.js'
 import type { KeyRecord } from './keys.js'
-import { createKeyLimiter } from './limiter.js'
+import { createKeyLimiter, type KeyLimiter } from './limiter.js'
+import { createRedisKeyLimiter, type RedisKeyLimiter } from './redis-limiter.js'
 import { createTeamMetrics } from './team-metrics.js'
 import { openTeamService, type TeamService } from './team-service.js'
 import type { UsageRecord } from './usage.js'
@@ -41,6 +42,8 @@ export interface TeamModeOptions {
   readonly cwd?: string
   /** How long a store write waits for another writer's lock. @default 100 */
   readonly storeBusyTimeoutMs?: number
+  /** With `team.redisUrl`: the prefix of every Redis key (replicas sharing it share limits). @default 'toprouter:' */
+  readonly redisKeyPrefix?: string
 }
 
 /**
@@ -70,7 +73,24 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     maxQueued: MAX_WAITING_USAGE_RECORDS,
     log: options.log,
   })
-  const limiter = createKeyLimiter({ maxQueueWaitMs: team.maxQueueWaitMs, now })
+  let redisLimiter: RedisKeyLimiter | undefined
+  let limiter: KeyLimiter
+  if (team.redisUrl === '') limiter = createKeyLimiter({ maxQueueWaitMs: team.maxQueueWaitMs, now })
+  else {
+    redisLimiter = createRedisKeyLimiter({
+      maxQueueWaitMs: team.maxQueueWaitMs,
+      now,
+      redisUrl: team.redisUrl,
+      keyPrefix: options.redisKeyPrefix ?? 'toprouter:',
+      failure: team.redisFailure,
+      log: options.log,
+    })
+    // Redis down at startup does not stop the proxy: it serves by team.redisFailure and reconnects.
+    await redisLimiter.connect()
+    const shared = redisLimiter
+    metrics.watchRedis(() => shared.redisUp())
+    limiter = redisLimiter
+  }
   metrics.watchUsageQueue(() => usage)
   metrics.watchLimiterQueue(() => limiter.queued())
   const budgets = createMemoryBudgetLedger(async (keyId, since) => {
@@ -99,6 +119,7 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     async close() {
       const written = await usage.close()
       if (!written) options.log.warn({ queued: usage.queued }, 'usage store unavailable at shutdown; waiting usage records are lost')
+      await redisLimiter?.close()
       await service.close()
     },
   }

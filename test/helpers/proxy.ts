@@ -48,6 +48,8 @@ export interface TestProxyOptions {
   readonly now?: () => number
   /** Team mode: how long a usage write waits for a locked store. */
   readonly storeBusyTimeoutMs?: number
+  /** Team mode with `team.redisUrl`: the Redis key prefix (a random one per test). */
+  readonly redisKeyPrefix?: string
 }
 
 export async function startProxy(t: Teardown, options: TestProxyOptions): Promise<TestProxy> {
@@ -74,6 +76,7 @@ export async function startProxy(t: Teardown, options: TestProxyOptions): Promis
         log: logger,
         ...(options.now ? { now: options.now } : {}),
         ...(options.storeBusyTimeoutMs === undefined ? {} : { storeBusyTimeoutMs: options.storeBusyTimeoutMs }),
+        ...(options.redisKeyPrefix === undefined ? {} : { redisKeyPrefix: options.redisKeyPrefix }),
       })
     : undefined
   const proxy = buildApp(config, {

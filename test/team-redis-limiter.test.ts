@@ -1,0 +1,458 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { createServer } from 'node:net'
+import { Redis } from 'ioredis'
+import t, { type Test } from 'tap'
+import { request } from 'undici'
+import { RequestSignal } from '../src/request-clock.js'
+import type { Admission, AdmitRequest, KeyLimits } from '../src/team/limiter.js'
+import { createRedisKeyLimiter, type RedisKeyLimiter, type RedisKeyLimiterOptions } from '../src/team/redis-limiter.js'
+import { createTeamMetrics } from '../src/team/team-metrics.js'
+import { expectErrorShape } from './helpers/assert-error.js'
+import { completion, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
+import { startTeamProxy } from './helpers/proxy.js'
+
+/**
+ * The Redis-backed limiter as a fleet sees it: two limiter instances ("replicas") on one Redis
+ * and key prefix share rpm, tpm and concurrency, in one round trip per admission; a private
+ * redis-server killed and restarted mid-test for `redisFailure` open and closed; and two real
+ * team proxies on one store and one Redis. The shared Redis is 127.0.0.1:6379 (CI has it; outside
+ * CI the tests skip without it). Each test has its own key prefix and deletes its keys after.
+ */
+
+const SHARED_REDIS = 'redis://127.0.0.1:6379'
+const now = () => performance.now()
+const NO_LIMITS: KeyLimits = { rpm: 0, tpm: 0, maxConcurrent: 0 }
+
+function ask(limits: Partial<KeyLimits>, overrides: Partial<AdmitRequest> = {}): AdmitRequest {
+  return {
+    keyId: 'key_a',
+    limits: { ...NO_LIMITS, ...limits },
+    estimatedTokens: 0,
+    signal: new RequestSignal(),
+    deadlineAtMs: now() + 60_000,
+    ...overrides,
+  }
+}
+
+const sharedReachable = (async () => {
+  const probe = new Redis(SHARED_REDIS, {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  })
+  probe.on('error', () => {})
+  try {
+    await probe.connect()
+    return (await probe.ping()) === 'PONG'
+  } catch {
+    return false
+  } finally {
+    probe.disconnect()
+  }
+})()
+
+/** False (the test skipped, or failed under CI) when the shared Redis is not there. */
+async function needSharedRedis(t: Test): Promise<boolean> {
+  if (await sharedReachable) return true
+  const message = `Redis at 127.0.0.1:6379 is not reachable (start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no)`
+  if (process.env.CI) t.fail(message)
+  else t.plan(0, message)
+  return false
+}
+
+/** A random key prefix for this test; its keys are deleted after it. */
+function prefixFor(t: Test, url = SHARED_REDIS): string {
+  const prefix = `test:${Math.random().toString(36).slice(2)}:`
+  t.teardown(async () => {
+    const cleaner = new Redis(url, { enableOfflineQueue: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+    cleaner.on('error', () => {})
+    try {
+      const keys = await cleaner.keys(`${prefix}*`)
+      if (keys.length > 0) await cleaner.del(...keys)
+    } catch {
+      // a private Redis already gone
+    } finally {
+      cleaner.disconnect()
+    }
+  })
+  return prefix
+}
+
+interface Replica {
+  readonly limiter: RedisKeyLimiter
+  readonly lines: Array<{ level: 'info' | 'warn'; message: string }>
+}
+
+async function replica(t: Test, prefix: string, overrides: Partial<RedisKeyLimiterOptions> = {}): Promise<Replica> {
+  const lines: Replica['lines'] = []
+  const limiter = createRedisKeyLimiter({
+    redisUrl: SHARED_REDIS,
+    keyPrefix: prefix,
+    failure: 'open',
+    maxQueueWaitMs: 0,
+    now,
+    log: {
+      info: (_details, message) => lines.push({ level: 'info', message }),
+      warn: (_details, message) => lines.push({ level: 'warn', message }),
+    },
+    ...overrides,
+  })
+  t.teardown(() => limiter.close())
+  await limiter.connect()
+  return { limiter, lines }
+}
+
+function refused(t: Test, admission: Admission, limit: string): void {
+  t.equal(admission.ok, false, `refused for ${limit}`)
+  if (!admission.ok) t.equal(admission.limit, limit)
+}
+
+async function until(condition: () => boolean, timeoutMs = 5_000): Promise<boolean> {
+  const started = Date.now()
+  while (!condition()) {
+    if (Date.now() - started > timeoutMs) return false
+    await sleep(20)
+  }
+  return true
+}
+
+t.test('rpm 5 across two replicas: the 6th admission (to either) is refused, retry ms > 0, remaining 0', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const a = await replica(t, prefix)
+  const b = await replica(t, prefix)
+  for (let i = 1; i <= 5; i++) {
+    const admitted = await (i % 2 === 1 ? a : b).limiter.admit(ask({ rpm: 5 }))
+    t.ok(admitted.ok, `request ${i} admitted by replica ${i % 2 === 1 ? 'A' : 'B'}`)
+    if (admitted.ok) {
+      t.equal(admitted.permit.headers['x-ratelimit-remaining-requests'], String(5 - i))
+      t.equal(admitted.permit.headers['x-ratelimit-limit-requests'], '5')
+      admitted.permit.release()
+    }
+  }
+  for (const [name, one] of [
+    ['A', a],
+    ['B', b],
+  ] as const) {
+    const sixth = await one.limiter.admit(ask({ rpm: 5 }))
+    refused(t, sixth, 'rpm')
+    if (!sixth.ok && sixth.limit === 'rpm') {
+      t.ok(sixth.retryAfterMs > 0 && sixth.retryAfterMs <= 60_000, `replica ${name}: retry in ${sixth.retryAfterMs} ms`)
+      t.equal(sixth.headers['x-ratelimit-remaining-requests'], '0')
+      t.match(sixth.headers['x-ratelimit-reset-requests'], /^\d+s$/)
+    }
+  }
+  t.ok((await a.limiter.admit(ask({ rpm: 5 }, { keyId: 'key_b' }))).ok, 'another key has its own window')
+})
+
+t.test('a refused admission takes nothing; the window opens again after it ends', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const a = await replica(t, prefix, { windowSeconds: 1 })
+  const b = await replica(t, prefix, { windowSeconds: 1 })
+  t.ok((await a.limiter.admit(ask({ rpm: 1 }))).ok)
+  for (let i = 0; i < 4; i++) refused(t, await b.limiter.admit(ask({ rpm: 1 })), 'rpm')
+  await sleep(1_100)
+  t.ok((await b.limiter.admit(ask({ rpm: 1 }))).ok, 'the next window admits: the refusals were not counted')
+})
+
+t.test('maxConcurrent 2 across two replicas: the 3rd is refused; a release frees a slot for the other', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const a = await replica(t, prefix)
+  const b = await replica(t, prefix)
+  const first = await a.limiter.admit(ask({ maxConcurrent: 2 }))
+  const second = await b.limiter.admit(ask({ maxConcurrent: 2 }))
+  t.ok(first.ok && second.ok, 'two in flight, one on each replica')
+  refused(t, await a.limiter.admit(ask({ maxConcurrent: 2 })), 'concurrency')
+  refused(t, await b.limiter.admit(ask({ maxConcurrent: 2 })), 'concurrency')
+  if (first.ok) first.permit.release()
+  await sleep(20) // the release is fire-and-forget
+  t.ok((await b.limiter.admit(ask({ maxConcurrent: 2 }))).ok, "A's release let B take the slot")
+})
+
+t.test('a request queued on one replica is admitted when a slot frees on the other', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const a = await replica(t, prefix)
+  const b = await replica(t, prefix, { maxQueueWaitMs: 2_000 })
+  const held = await a.limiter.admit(ask({ maxConcurrent: 1 }))
+  t.ok(held.ok)
+  const started = now()
+  const waiting = b.limiter.admit(ask({ maxConcurrent: 1 }))
+  await sleep(100)
+  t.equal(b.limiter.queued(), 1, 'waiting in B’s queue')
+  if (held.ok) held.permit.release()
+  const admitted = await waiting
+  const waitedMs = now() - started
+  t.ok(admitted.ok, `admitted after ${Math.round(waitedMs)} ms`)
+  t.ok(waitedMs < 1_000, 'soon after the release, not at the end of the wait')
+})
+
+t.test("a dead replica's slot expires at its request's deadline", async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const dead = await replica(t, prefix, { slotGraceMs: 0 })
+  const b = await replica(t, prefix)
+  t.ok((await dead.limiter.admit(ask({ maxConcurrent: 1 }, { deadlineAtMs: now() + 300 }))).ok, 'the slot is taken, never released')
+  await dead.limiter.close()
+  refused(t, await b.limiter.admit(ask({ maxConcurrent: 1 })), 'concurrency')
+  await sleep(400)
+  t.ok((await b.limiter.admit(ask({ maxConcurrent: 1 }))).ok, 'free once the deadline passed')
+})
+
+t.test('tpm across replicas: reserve the estimate, settle to the real count', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const a = await replica(t, prefix)
+  const b = await replica(t, prefix)
+  const first = await a.limiter.admit(ask({ tpm: 100 }, { estimatedTokens: 60 }))
+  t.ok(first.ok)
+  if (first.ok) t.equal(first.permit.headers['x-ratelimit-remaining-tokens'], '40', '60 reserved')
+  const tooMany = await b.limiter.admit(ask({ tpm: 100 }, { estimatedTokens: 70 }))
+  refused(t, tooMany, 'tpm')
+  if (!tooMany.ok && tooMany.limit === 'tpm') t.ok(tooMany.retryAfterMs > 0)
+  if (first.ok) first.permit.settle(20)
+  await sleep(20)
+  const after = await b.limiter.admit(ask({ tpm: 100 }, { estimatedTokens: 70 }))
+  t.ok(after.ok, 'the settle gave back 40: 20 + 70 fits in 100')
+  if (after.ok) {
+    t.equal(after.permit.headers['x-ratelimit-remaining-tokens'], '10')
+    after.permit.settle(90) // 20 more than reserved
+  }
+  await sleep(20)
+  const full = await a.limiter.admit(ask({ tpm: 100 }, { estimatedTokens: 1 }))
+  refused(t, full, 'tpm')
+  if (!full.ok && full.limit === 'tpm') t.equal(full.headers['x-ratelimit-remaining-tokens'], '0', '20 + 90 = 110 used')
+})
+
+t.test('one Redis round trip per admission; settle and release are one command each', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const a = await replica(t, prefix)
+  const sent: string[] = []
+  const send = a.limiter.redis.sendCommand.bind(a.limiter.redis)
+  a.limiter.redis.sendCommand = ((command, ...rest) => {
+    sent.push(command.name)
+    return send(command, ...rest)
+  }) as typeof send
+  const limits = { rpm: 100, tpm: 10_000, maxConcurrent: 10 }
+  const warm = await a.limiter.admit(ask(limits, { estimatedTokens: 10 })) // the script is loaded once (EVALSHA, else EVAL)
+  if (warm.ok) warm.permit.release()
+  await sleep(20)
+  sent.length = 0
+  const admissions: Admission[] = []
+  for (let i = 0; i < 10; i++) admissions.push(await a.limiter.admit(ask(limits, { estimatedTokens: 10 })))
+  t.same(sent, Array(10).fill('evalsha'), '10 admissions, 10 commands (all three limits checked and taken)')
+  sent.length = 0
+  for (const admission of admissions) {
+    if (!admission.ok) continue
+    admission.permit.settle(15)
+    admission.permit.release()
+  }
+  t.equal(sent.length, 20, 'settle + release: one command each')
+  t.equal(admissions.filter((admission) => admission.ok).length, 10)
+})
+
+/** A redis-server of this test's own on a free port, to kill and restart. */
+async function privateRedis(t: Test): Promise<{ url: string; kill(): Promise<void>; start(): Promise<void> }> {
+  const port = await freePort()
+  let child: ChildProcess | undefined
+  const start = async () => {
+    child = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no'],
+      {
+        stdio: 'ignore',
+      },
+    )
+    const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 })
+    probe.on('error', () => {})
+    for (let i = 0; i < 100; i++) {
+      try {
+        await probe.connect()
+        await probe.ping()
+        probe.disconnect()
+        return
+      } catch {
+        await sleep(50)
+      }
+    }
+    throw new Error(`redis-server on port ${port} did not start`)
+  }
+  const kill = async () => {
+    const running = child
+    child = undefined
+    if (running === undefined || running.exitCode !== null) return
+    const exited = once(running, 'exit')
+    running.kill('SIGKILL')
+    await exited
+  }
+  t.teardown(kill)
+  await start()
+  return { url: `redis://127.0.0.1:${port}`, kill, start }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
+    })
+  })
+}
+
+async function gauge(registry: ReturnType<typeof createTeamMetrics>['registry']): Promise<number | undefined> {
+  const metric = await registry.getSingleMetric('toprouter_proxy_redis_up')?.get()
+  return metric?.values[0]?.value
+}
+
+t.test('redisFailure open: Redis killed → per-replica limits, gauge 0, one warn; back → shared again, gauge 1, one info', async (t) => {
+  const redis = await privateRedis(t)
+  const prefix = prefixFor(t, redis.url)
+  const a = await replica(t, prefix, { redisUrl: redis.url })
+  const b = await replica(t, prefix, { redisUrl: redis.url })
+  const metrics = createTeamMetrics()
+  metrics.watchRedis(() => a.limiter.redisUp())
+  t.equal(await gauge(metrics.registry), 1, 'gauge 1 while Redis is up')
+  const rpm2 = ask({ rpm: 2 })
+  t.ok((await a.limiter.admit(rpm2)).ok)
+  t.ok((await b.limiter.admit(rpm2)).ok)
+  refused(t, await a.limiter.admit(rpm2), 'rpm')
+  a.lines.length = 0
+  b.lines.length = 0
+
+  await redis.kill()
+  t.ok(await until(() => !a.limiter.redisUp() && !b.limiter.redisUp()), 'both replicas see Redis down')
+  t.equal(await gauge(metrics.registry), 0, 'gauge 0 while Redis is down')
+  // Per replica now: each has its own (memory) rpm 2.
+  for (const [name, one] of [
+    ['A', a],
+    ['B', b],
+  ] as const) {
+    t.ok((await one.limiter.admit(rpm2)).ok, `replica ${name}: 1st admitted on its own counters`)
+    t.ok((await one.limiter.admit(rpm2)).ok, `replica ${name}: 2nd admitted`)
+    refused(t, await one.limiter.admit(rpm2), 'rpm')
+  }
+  await sleep(300) // reconnect attempts fail meanwhile: still one line
+  t.same(
+    a.lines.map((line) => line.level),
+    ['warn'],
+    'one warn line for the transition',
+  )
+  t.match(a.lines[0]?.message, /unreachable.*per replica/)
+
+  await redis.start()
+  t.ok(await until(() => a.limiter.redisUp() && b.limiter.redisUp()), 'both replicas reconnected by themselves')
+  t.equal(await gauge(metrics.registry), 1, 'gauge 1 again')
+  t.same(
+    a.lines.map((line) => line.level),
+    ['warn', 'info'],
+    'one info line for the way back',
+  )
+  // The restarted Redis kept nothing: shared counters start afresh, and are shared again.
+  t.ok((await a.limiter.admit(rpm2)).ok)
+  t.ok((await b.limiter.admit(rpm2)).ok)
+  refused(t, await b.limiter.admit(rpm2), 'rpm')
+  refused(t, await a.limiter.admit(rpm2), 'rpm')
+})
+
+t.test('redisFailure open: Redis down at startup does not stop it; it connects when Redis comes', async (t) => {
+  const redis = await privateRedis(t)
+  await redis.kill()
+  const a = await replica(t, prefixFor(t, redis.url), { redisUrl: redis.url })
+  t.equal(a.limiter.redisUp(), false)
+  t.ok((await a.limiter.admit(ask({ rpm: 1 }))).ok, 'admitted on per-replica limits')
+  t.same(
+    a.lines.map((line) => line.level),
+    ['warn'],
+  )
+  await redis.start()
+  t.ok(await until(() => a.limiter.redisUp()), 'connected once Redis is there')
+})
+
+t.test('redisFailure closed: admissions are unavailable while Redis is down, shared once it is back', async (t) => {
+  const redis = await privateRedis(t)
+  const a = await replica(t, prefixFor(t, redis.url), { redisUrl: redis.url, failure: 'closed' })
+  t.ok((await a.limiter.admit(ask({ rpm: 5 }))).ok)
+  await redis.kill()
+  t.ok(await until(() => !a.limiter.redisUp()))
+  t.same(await a.limiter.admit(ask({ rpm: 5 })), { ok: false, limit: 'unavailable' })
+  t.match(a.lines.at(-1)?.message, /refused \(503\)/)
+  await redis.start()
+  t.ok(await until(() => a.limiter.redisUp()))
+  t.ok((await a.limiter.admit(ask({ rpm: 5 }))).ok, 'admitted again')
+})
+
+function chat(url: string, secret: string) {
+  return request(`${url}/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` },
+    body: JSON.stringify({ model: 'google/gemini-3.5-flash', messages: [{ role: 'user', content: 'hi' }] }),
+  })
+}
+
+async function upstreamFor(t: Test) {
+  return startFakeUpstream(t, async (_req, res) => {
+    sendJson(res, 200, { ...completion('google/gemini-3.5-flash'), usage: { prompt_tokens: 2, completion_tokens: 3, total_tokens: 5 } })
+  })
+}
+
+t.test('two team proxies on one store and one Redis: a key with rpm 3 gets 3 requests in all, not 3 each', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const upstream = await upstreamFor(t)
+  const redisKeyPrefix = prefixFor(t)
+  const team = { redisUrl: SHARED_REDIS }
+  const a = await startTeamProxy(t, { upstreamUrl: upstream.url, config: { team }, redisKeyPrefix })
+  const b = await startTeamProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { team: { ...team, storeUrl: `sqlite:${a.storePath}` } },
+    redisKeyPrefix,
+  })
+  const alice = await a.createKey({ name: 'alice', rpm: 3 })
+  const statuses: number[] = []
+  for (const proxy of [a, b, a]) {
+    const res = await chat(proxy.url, alice.secret)
+    statuses.push(res.statusCode)
+    await res.body.dump()
+  }
+  t.same(statuses, [200, 200, 200], '3 requests split across the two proxies')
+  for (const proxy of [b, a]) {
+    await expectErrorShape(t, await chat(proxy.url, alice.secret), {
+      status: 429,
+      code: 'key_rate_limit_exceeded',
+      message: /3 requests per minute/,
+    })
+  }
+  t.equal(upstream.requests.length, 3, 'the refused ones never reached the upstream')
+  const metrics = await request(`${a.url}/metrics`)
+  t.match(await metrics.body.text(), /toprouter_proxy_redis_up 1/)
+})
+
+t.test('team proxy, redisFailure closed: 503 service_unavailable while its Redis is down', async (t) => {
+  const redis = await privateRedis(t)
+  const upstream = await upstreamFor(t)
+  const proxy = await startTeamProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { team: { redisUrl: redis.url, redisFailure: 'closed' } },
+    redisKeyPrefix: prefixFor(t, redis.url),
+  })
+  const alice = await proxy.createKey({ name: 'alice', rpm: 3 })
+  const ok = await chat(proxy.url, alice.secret)
+  t.equal(ok.statusCode, 200)
+  await ok.body.dump()
+  await redis.kill()
+  await sleep(200)
+  await expectErrorShape(t, await chat(proxy.url, alice.secret), {
+    status: 503,
+    code: 'service_unavailable',
+    message: /limits store is unavailable/,
+  })
+  t.equal(upstream.requests.length, 1)
+  const metrics = await request(`${proxy.url}/metrics`)
+  t.match(await metrics.body.text(), /toprouter_proxy_redis_up 0/)
+})
