@@ -20,6 +20,7 @@ import type { TeamMode } from './team/team-mode.js'
 import { createAttempter } from './upstream/attempt.js'
 import { type BreakerEvents, type BreakerRegistry, createBreakerRegistry } from './upstream/breakers.js'
 import { buildUpstreamClient, type UpstreamClient } from './upstream/client.js'
+import { createModelPauseMap } from './upstream/model-pauses.js'
 import { createRetrier } from './upstream/retrier.js'
 import { createRetryBudget } from './upstream/retry-budget.js'
 import { createUpstreamAuth } from './upstream-auth.js'
@@ -60,6 +61,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const upstream = deps.upstream ?? buildUpstreamClient(config.upstream)
   const now = deps.now ?? (() => performance.now())
   const random = deps.random ?? Math.random
+  const wallClockNow = deps.wallClockNow ?? Date.now
   const lifecycle = new Lifecycle()
   const metrics = createMetrics(configuredModels(config))
   const team = deps.team
@@ -87,10 +89,16 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     timeouts: config.upstream,
     secret: config.apiKey,
     now,
-    wallClockNow: deps.wallClockNow ?? Date.now,
+    wallClockNow,
   })
   const retrierDeps = { retry: config.retry, budget, attempter, metrics, random, now }
-  const chain = createFallbackChain({ retrier: createRetrier({ ...retrierDeps, breakers }), fallbacks: config.fallbacks, metrics })
+  // A 429's pushback pauses its model: on this proxy, or (team mode with Redis) on every replica.
+  const pauses = team?.modelPauses ?? createModelPauseMap(wallClockNow)
+  const chain = createFallbackChain({
+    retrier: createRetrier({ ...retrierDeps, breakers, pauses, wallClockNow }),
+    fallbacks: config.fallbacks,
+    metrics,
+  })
   const auth = createUpstreamAuth(config.apiKey)
   const routeDeps = { auth, budget, lifecycle, metrics, config, now }
 

@@ -1,12 +1,14 @@
 import type { Registry } from 'prom-client'
 import type { Config } from '../config.js'
 import type { RouteEntry } from '../routes/table.js'
+import type { ModelPauses } from '../upstream/model-pauses.js'
 import { createAdminRoutes } from './admin-routes.js'
 import { createMemoryBudgetLedger } from './budget.js'
 import { createTeamGateway, type TeamGateway, type TeamGatewayLog } from './gateway.js'
 import { createKeyCache } from './key-cache.js'
 import type { KeyRecord } from './keys.js'
 import { createKeyLimiter, type KeyLimiter } from './limiter.js'
+import { createRedisModelPauses, type RedisModelPauses } from './model-pauses.js'
 import { createRedisKeyLimiter, type RedisKeyLimiter } from './redis-limiter.js'
 import { createTeamMetrics } from './team-metrics.js'
 import { openTeamService, type TeamService } from './team-service.js'
@@ -25,6 +27,8 @@ export interface TeamMode {
   readonly service: TeamService
   /** The team metrics, served with the app's own. */
   readonly registry: Registry
+  /** With `team.redisUrl`: model pauses shared by the replicas (else the app keeps its own). */
+  readonly modelPauses: ModelPauses | undefined
   /** The admin API's routes; none without an admin key (then `/admin/*` is a 404 like any unknown route). */
   adminRoutes(adminKey: string | undefined): RouteEntry[]
   /** Writes the waiting usage records now; false when the store refused them (they stay queued). */
@@ -74,6 +78,7 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     log: options.log,
   })
   let redisLimiter: RedisKeyLimiter | undefined
+  let modelPauses: RedisModelPauses | undefined
   let limiter: KeyLimiter
   if (team.redisUrl === '') limiter = createKeyLimiter({ maxQueueWaitMs: team.maxQueueWaitMs, now })
   else {
@@ -90,6 +95,13 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     const shared = redisLimiter
     metrics.watchRedis(() => shared.redisUp())
     limiter = redisLimiter
+    modelPauses = createRedisModelPauses({
+      redisUrl: team.redisUrl,
+      keyPrefix: options.redisKeyPrefix ?? 'toprouter:',
+      log: options.log,
+      wallClockNow,
+    })
+    await modelPauses.connect()
   }
   metrics.watchUsageQueue(() => usage)
   metrics.watchLimiterQueue(() => limiter.queued())
@@ -113,6 +125,7 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     gateway,
     service,
     registry: metrics.registry,
+    modelPauses,
     adminRoutes: (adminKey) =>
       adminKey === undefined ? [] : createAdminRoutes({ service, adminKey, onKeyChanged: (keyId) => gateway.forgetKey(keyId) }),
     flushUsage: () => usage.flush(),
@@ -120,6 +133,7 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
       const written = await usage.close()
       if (!written) options.log.warn({ queued: usage.queued }, 'usage store unavailable at shutdown; waiting usage records are lost')
       await redisLimiter?.close()
+      await modelPauses?.close()
       await service.close()
     },
   }

@@ -1,9 +1,11 @@
 import type { Config } from '../config.js'
-import { abortFailure, Failure, failure } from '../failures.js'
+import { ProxyError, withoutStack } from '../errors.js'
+import { abortFailure, Failure, failure, statusFailure } from '../failures.js'
 import type { Metrics } from '../metrics.js'
 import { type RequestClock, waitUnlessAborted } from '../request-clock.js'
 import type { Attempter, AttemptResult, AttemptSpec, Served, UpstreamTrace } from './attempt.js'
 import { BreakerOpenError, type BreakerRegistry } from './breakers.js'
+import { type ModelPauses, NO_MODEL_PAUSES } from './model-pauses.js'
 import type { RetryBudget } from './retry-budget.js'
 import { decideRetry } from './retry-policy.js'
 
@@ -45,10 +47,19 @@ export interface RetrierDeps {
   readonly metrics: Metrics
   readonly random: () => number
   readonly now: () => number
+  /**
+   * Models paused by an upstream 429's pushback (shared by the replicas in team mode): a paused
+   * model is answered at once with a 429, no upstream call. @default no pauses
+   */
+  readonly pauses?: ModelPauses
+  /** Epoch ms, for pauses. @default Date.now */
+  readonly wallClockNow?: () => number
 }
 
 export function createRetrier(deps: RetrierDeps): Retrier {
   const { retry, breakers, budget, attempter, metrics, now } = deps
+  const pauses = deps.pauses ?? NO_MODEL_PAUSES
+  const wallClockNow = deps.wallClockNow ?? Date.now
   const backoff = { baseDelayMs: retry.baseDelayMs, maxDelayMs: retry.maxDelayMs }
 
   /** Rejects with the failure, so the breaker can count it; resolves with what was served. */
@@ -78,6 +89,11 @@ export function createRetrier(deps: RetrierDeps): Retrier {
 
   return {
     async run({ key, spec, clock, trace, log, hasNextModel }) {
+      const pausedMs = pauses.pausedForMs(key)
+      if (pausedMs > 0) {
+        log.info({ model: key, pausedMs: Math.round(pausedMs) }, 'model paused by upstream pushback; not calling it')
+        return { ok: false, failure: pausedFailure(key, pausedMs) }
+      }
       for (let attemptForModel = 1; ; attemptForModel++) {
         if (clock.signal.aborted) return abortedOutcome(clock)
         clock.attempts += 1
@@ -95,6 +111,9 @@ export function createRetrier(deps: RetrierDeps): Retrier {
         }
         if (clock.signal.aborted) return abortedOutcome(clock)
         metrics.attempt(key, failed.label)
+        if (failed.upstreamStatus === 429 && failed.pushbackMs !== undefined && failed.pushbackMs > 0) {
+          pauses.pause(key, wallClockNow() + failed.pushbackMs)
+        }
         if (failed.verdict.nextModel === 'at_once' && (hasNextModel || !failed.verdict.retry)) return outcome
 
         const decision = decideRetry({
@@ -138,6 +157,19 @@ export function createRetrier(deps: RetrierDeps): Retrier {
       }
     },
   }
+}
+
+/**
+ * The answer for a paused model: the 429 the upstream would give, with Retry-After = the time
+ * left; like a too-long pushback, the chain moves on to the next model when there is one.
+ */
+function pausedFailure(key: string, pausedMs: number): Failure {
+  const seconds = Math.max(1, Math.ceil(pausedMs / 1000))
+  const message = `The upstream asked for a pause on ${key}; retry in ${seconds} s`
+  const error = withoutStack(
+    () => new ProxyError(429, 'rate_limit_error', 'rate_limit_exceeded', message, { 'retry-after': String(seconds) }),
+  )
+  return statusFailure(429, error, pausedMs)
 }
 
 /** The client, the deadline or the drain ended the request: that is the answer, whatever undici said. */
