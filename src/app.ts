@@ -20,7 +20,7 @@ import type { TeamMode } from './team/team-mode.js'
 import { createAttempter } from './upstream/attempt.js'
 import { type BreakerEvents, type BreakerRegistry, createBreakerRegistry } from './upstream/breakers.js'
 import { buildUpstreamClient, type UpstreamClient } from './upstream/client.js'
-import { createModelPauseMap } from './upstream/model-pauses.js'
+import { NO_MODEL_PAUSES } from './upstream/model-pauses.js'
 import { createRetrier } from './upstream/retrier.js'
 import { createRetryBudget } from './upstream/retry-budget.js'
 import { createUpstreamAuth } from './upstream-auth.js'
@@ -92,8 +92,9 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     wallClockNow,
   })
   const retrierDeps = { retry: config.retry, budget, attempter, metrics, random, now }
-  // A 429's pushback pauses its model: on this proxy, or (team mode with Redis) on every replica.
-  const pauses = team?.modelPauses ?? createModelPauseMap(wallClockNow)
+  // A fleet (team mode with Redis) shares a 429's pushback: the model is paused on every replica.
+  // One proxy on its own keeps round 1's behaviour: each request retries within its own pushback.
+  const pauses = team?.modelPauses ?? NO_MODEL_PAUSES
   const chain = createFallbackChain({
     retrier: createRetrier({ ...retrierDeps, breakers, pauses, wallClockNow }),
     fallbacks: config.fallbacks,
