@@ -11,6 +11,7 @@ import { createTeamMetrics } from '../src/team/team-metrics.js'
 import { expectErrorShape } from './helpers/assert-error.js'
 import { completion, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startTeamProxy } from './helpers/proxy.js'
+import { needSharedRedis, prefixFor, SHARED_REDIS } from './helpers/redis.js'
 
 /**
  * The Redis-backed limiter as a fleet sees it: two limiter instances ("replicas") on one Redis
@@ -20,7 +21,6 @@ import { startTeamProxy } from './helpers/proxy.js'
  * CI the tests skip without it). Each test has its own key prefix and deletes its keys after.
  */
 
-const SHARED_REDIS = 'redis://127.0.0.1:6379'
 const now = () => performance.now()
 const NO_LIMITS: KeyLimits = { rpm: 0, tpm: 0, maxConcurrent: 0 }
 
@@ -33,51 +33,6 @@ function ask(limits: Partial<KeyLimits>, overrides: Partial<AdmitRequest> = {}):
     deadlineAtMs: now() + 60_000,
     ...overrides,
   }
-}
-
-const sharedReachable = (async () => {
-  const probe = new Redis(SHARED_REDIS, {
-    lazyConnect: true,
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null,
-  })
-  probe.on('error', () => {})
-  try {
-    await probe.connect()
-    return (await probe.ping()) === 'PONG'
-  } catch {
-    return false
-  } finally {
-    probe.disconnect()
-  }
-})()
-
-/** False (the test skipped, or failed under CI) when the shared Redis is not there. */
-async function needSharedRedis(t: Test): Promise<boolean> {
-  if (await sharedReachable) return true
-  const message = `Redis at 127.0.0.1:6379 is not reachable (start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no)`
-  if (process.env.CI) t.fail(message)
-  else t.plan(0, message)
-  return false
-}
-
-/** A random key prefix for this test; its keys are deleted after it. */
-function prefixFor(t: Test, url = SHARED_REDIS): string {
-  const prefix = `test:${Math.random().toString(36).slice(2)}:`
-  t.teardown(async () => {
-    const cleaner = new Redis(url, { enableOfflineQueue: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-    cleaner.on('error', () => {})
-    try {
-      const keys = await cleaner.keys(`${prefix}*`)
-      if (keys.length > 0) await cleaner.del(...keys)
-    } catch {
-      // a private Redis already gone
-    } finally {
-      cleaner.disconnect()
-    }
-  })
-  return prefix
 }
 
 interface Replica {

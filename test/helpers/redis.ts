@@ -1,0 +1,63 @@
+import { Redis } from 'ioredis'
+import type { Test } from 'tap'
+
+/** The shared Redis the Redis tests use: CI has it; outside CI they skip without it. */
+export const SHARED_REDIS = 'redis://127.0.0.1:6379'
+
+const sharedReachable = (async () => {
+  const probe = new Redis(SHARED_REDIS, {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  })
+  probe.on('error', () => {})
+  try {
+    await probe.connect()
+    return (await probe.ping()) === 'PONG'
+  } catch {
+    return false
+  } finally {
+    probe.disconnect()
+  }
+})()
+
+/** False (the test skipped, or failed under CI) when the shared Redis is not there. */
+export async function needSharedRedis(t: Test): Promise<boolean> {
+  if (await sharedReachable) return true
+  const message = `Redis at 127.0.0.1:6379 is not reachable (start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no)`
+  if (process.env.CI) t.fail(message)
+  else t.plan(0, message)
+  return false
+}
+
+/** A random key prefix for this test; its keys are deleted after it. */
+export function prefixFor(t: Test, url = SHARED_REDIS): string {
+  const prefix = `test:${Math.random().toString(36).slice(2)}:`
+  t.teardown(async () => {
+    const cleaner = new Redis(url, { enableOfflineQueue: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+    cleaner.on('error', () => {})
+    try {
+      const keys = await cleaner.keys(`${prefix}*`)
+      if (keys.length > 0) await cleaner.del(...keys)
+    } catch {
+      // a private Redis already gone
+    } finally {
+      cleaner.disconnect()
+    }
+  })
+  return prefix
+}
+
+/** Every message on `channel` from now until the test ends. */
+export async function listen(t: Test, channel: string): Promise<string[]> {
+  const messages: string[] = []
+  const subscriber = new Redis(SHARED_REDIS, { maxRetriesPerRequest: 0, retryStrategy: () => null })
+  subscriber.on('error', () => {})
+  subscriber.on('message', (from: string, message: string) => {
+    if (from === channel) messages.push(message)
+  })
+  t.teardown(() => subscriber.disconnect())
+  await subscriber.subscribe(channel)
+  return messages
+}
