@@ -3,6 +3,7 @@ import { resolve } from 'node:path'
 import { type ParseArgsConfig, parseArgs } from 'node:util'
 import { ConfigError, loadConfig } from '../config.js'
 import { TeamError } from './errors.js'
+import { DEFAULT_REDIS_KEY_PREFIX, publishKeyChangeOnce } from './key-events.js'
 import type { KeyFields } from './key-fields.js'
 import { type KeyRecord, keyStatus } from './keys.js'
 import type { UsageSummaryRow } from './store/store.js'
@@ -56,10 +57,21 @@ export async function runTeamCli(argv: readonly string[], io: CliIo): Promise<nu
       readFile: (path) => readFileSync(resolve(io.cwd, path), 'utf8'),
     })
     const team = await openTeamService(config.team.storeUrl, { cwd: io.cwd, now, poolSize: config.team.storePoolSize })
+    let changedKeyId: string | undefined
     try {
-      await plan.run(team, io, plan.values.json === true)
+      const changed = await plan.run(team, io, plan.values.json === true)
+      if (typeof changed === 'string') changedKeyId = changed
     } finally {
       await team.close()
+    }
+    if (changedKeyId !== undefined && config.team.redisUrl !== '') {
+      // The change is in the store either way; this only tells the running replicas at once.
+      const error = await publishKeyChangeOnce(config.team.redisUrl, DEFAULT_REDIS_KEY_PREFIX, changedKeyId)
+      if (error !== undefined) {
+        io.stderr(
+          `toprouter-proxy: warning: could not tell the running proxies through Redis (${error.message}); they pick the change up within team.keyCacheTtlMs\n`,
+        )
+      }
     }
     return EXIT_OK
   } catch (err: unknown) {
@@ -77,7 +89,8 @@ export async function runTeamCli(argv: readonly string[], io: CliIo): Promise<nu
 
 interface Plan {
   readonly values: Values
-  readonly run: (team: TeamService, io: CliIo, json: boolean) => Promise<void>
+  /** Resolves with the id (a string) of the key it updated or revoked, if any: told to the replicas through Redis. */
+  readonly run: (team: TeamService, io: CliIo, json: boolean) => Promise<unknown>
 }
 
 function parse(args: readonly string[], options: NonNullable<ParseArgsConfig['options']>, positionals: number, usage: string) {
@@ -131,6 +144,7 @@ function planKeys(args: readonly string[], now: Date): Plan {
         async run(team, io, json) {
           const record = subcommand === 'show' ? await team.keys.getKey(idOrName) : await team.keys.revokeKey(idOrName)
           io.stdout(json ? `${JSON.stringify(record, null, 2)}\n` : `${describeKey(record)}\n`)
+          return subcommand === 'revoke' ? record.id : undefined
         },
       }
     }
@@ -144,6 +158,7 @@ function planKeys(args: readonly string[], now: Date): Plan {
         async run(team, io, json) {
           const record = await team.keys.updateKey(idOrName, fields)
           io.stdout(json ? `${JSON.stringify(record, null, 2)}\n` : `${describeKey(record)}\n`)
+          return record.id
         },
       }
     }

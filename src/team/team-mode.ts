@@ -6,6 +6,7 @@ import { createAdminRoutes } from './admin-routes.js'
 import { createMemoryBudgetLedger } from './budget.js'
 import { createTeamGateway, type TeamGateway, type TeamGatewayLog } from './gateway.js'
 import { createKeyCache } from './key-cache.js'
+import { createKeyEvents, DEFAULT_REDIS_KEY_PREFIX, type KeyEvents } from './key-events.js'
 import type { KeyRecord } from './keys.js'
 import { createKeyLimiter, type KeyLimiter } from './limiter.js'
 import { createRedisModelPauses, type RedisModelPauses } from './model-pauses.js'
@@ -80,13 +81,14 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
   let redisLimiter: RedisKeyLimiter | undefined
   let modelPauses: RedisModelPauses | undefined
   let limiter: KeyLimiter
+  const redisKeyPrefix = options.redisKeyPrefix ?? DEFAULT_REDIS_KEY_PREFIX
   if (team.redisUrl === '') limiter = createKeyLimiter({ maxQueueWaitMs: team.maxQueueWaitMs, now })
   else {
     redisLimiter = createRedisKeyLimiter({
       maxQueueWaitMs: team.maxQueueWaitMs,
       now,
       redisUrl: team.redisUrl,
-      keyPrefix: options.redisKeyPrefix ?? 'toprouter:',
+      keyPrefix: redisKeyPrefix,
       failure: team.redisFailure,
       log: options.log,
     })
@@ -97,7 +99,7 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     limiter = redisLimiter
     modelPauses = createRedisModelPauses({
       redisUrl: team.redisUrl,
-      keyPrefix: options.redisKeyPrefix ?? 'toprouter:',
+      keyPrefix: redisKeyPrefix,
       log: options.log,
       wallClockNow,
     })
@@ -121,19 +123,35 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     now,
     wallClockNow,
   })
+  // With Redis, a key changed on any replica (or by the CLI) leaves every replica's key cache at once.
+  let keyEvents: KeyEvents | undefined
+  if (team.redisUrl !== '') {
+    keyEvents = createKeyEvents({
+      redisUrl: team.redisUrl,
+      keyPrefix: redisKeyPrefix,
+      log: options.log,
+      onKeyChanged: (keyId) => gateway.forgetKey(keyId),
+    })
+    await keyEvents.connect()
+  }
+  const events = keyEvents
+  const onKeyChanged = (keyId: string) => {
+    gateway.forgetKey(keyId)
+    void events?.publish(keyId)
+  }
   return {
     gateway,
     service,
     registry: metrics.registry,
     modelPauses,
-    adminRoutes: (adminKey) =>
-      adminKey === undefined ? [] : createAdminRoutes({ service, adminKey, onKeyChanged: (keyId) => gateway.forgetKey(keyId) }),
+    adminRoutes: (adminKey) => (adminKey === undefined ? [] : createAdminRoutes({ service, adminKey, onKeyChanged })),
     flushUsage: () => usage.flush(),
     async close() {
       const written = await usage.close()
       if (!written) options.log.warn({ queued: usage.queued }, 'usage store unavailable at shutdown; waiting usage records are lost')
       await redisLimiter?.close()
       await modelPauses?.close()
+      await keyEvents?.close()
       await service.close()
     },
   }

@@ -52,3 +52,16 @@ export function prefixFor(t: Test, url = SHARED_REDIS): string {
   })
   return prefix
 }
+
+/** Every message on `channel` from now until the test ends. */
+export async function listen(t: Test, channel: string): Promise<string[]> {
+  const messages: string[] = []
+  const subscriber = new Redis(SHARED_REDIS, { maxRetriesPerRequest: 0, retryStrategy: () => null })
+  subscriber.on('error', () => {})
+  subscriber.on('message', (from: string, message: string) => {
+    if (from === channel) messages.push(message)
+  })
+  t.teardown(() => subscriber.disconnect())
+  await subscriber.subscribe(channel)
+  return messages
+}

@@ -1,0 +1,133 @@
+import { Redis } from 'ioredis'
+
+/**
+ * Key changes across replicas: with `team.redisUrl`, a key update or revocation (admin API on any
+ * replica, or the CLI) is published on the Redis channel `<prefix>keys` with the key's id only (no
+ * secret, no hash), and every replica, subscribed on a connection of its own, drops that key from
+ * its key cache at once. Without Redis, or while it is down, `keyCacheTtlMs` is the safety net.
+ *
+ * No command waits on a dead Redis: the publisher has no offline queue and short timeouts; the
+ * subscriber reconnects by itself and ioredis resubscribes on reconnect (autoResubscribe).
+ */
+
+export interface KeyEventsLog {
+  info(details: object, message: string): void
+  warn(details: object, message: string): void
+}
+
+export interface KeyEventsOptions {
+  readonly redisUrl: string
+  readonly keyPrefix: string
+  readonly log: KeyEventsLog
+  /** Called with the id of every key changed on any replica (this one included). */
+  readonly onKeyChanged: (keyId: string) => void
+  /** @default 1000 */
+  readonly connectTimeoutMs?: number
+}
+
+export interface KeyEvents {
+  /** Connects both connections; resolves even when Redis is down (then they keep trying in the background). */
+  connect(): Promise<void>
+  /** Tells every replica the key changed; false when Redis is unreachable (then logged once per call). */
+  publish(keyId: string): Promise<boolean>
+  close(): Promise<void>
+}
+
+/** The prefix of every Redis key and channel unless the server is told another (the CLI always uses it). */
+export const DEFAULT_REDIS_KEY_PREFIX = 'toprouter:'
+
+export const keyEventsChannel = (keyPrefix: string): string => `${keyPrefix}keys`
+
+const COMMAND_TIMEOUT_MS = 200
+const CONNECT_TIMEOUT_MS = 1_000
+
+function publisherFor(redisUrl: string, connectTimeoutMs: number, reconnect: boolean): Redis {
+  const redis = new Redis(redisUrl, {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    commandTimeout: COMMAND_TIMEOUT_MS,
+    connectTimeout: connectTimeoutMs,
+    retryStrategy: reconnect ? (times) => Math.min(times * 100, 1_000) : () => null,
+  })
+  redis.on('error', ignore)
+  return redis
+}
+
+export function createKeyEvents(options: KeyEventsOptions): KeyEvents {
+  const { log, onKeyChanged } = options
+  const channel = keyEventsChannel(options.keyPrefix)
+  const connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS
+  const publisher = publisherFor(options.redisUrl, connectTimeoutMs, true)
+  const subscriber = new Redis(options.redisUrl, {
+    lazyConnect: true,
+    // The SUBSCRIBE waits for the connection; reconnects resubscribe by themselves.
+    enableOfflineQueue: true,
+    maxRetriesPerRequest: null,
+    autoResubscribe: true,
+    connectTimeout: connectTimeoutMs,
+    retryStrategy: (times) => Math.min(times * 100, 1_000),
+  })
+  subscriber.on('error', ignore)
+  subscriber.on('message', (from: string, keyId: string) => {
+    if (from === channel && keyId !== '') onKeyChanged(keyId)
+  })
+  let closing = false
+  let subscribed: Promise<unknown> | undefined
+
+  return {
+    async connect() {
+      publisher.connect().catch(ignore)
+      subscriber.connect().catch(ignore)
+      subscribed = subscriber
+        .subscribe(channel)
+        .then(() => log.info({ channel }, 'key changes are shared by the replicas through Redis'), ignore)
+      // Wait for the subscription a little (so a change right after startup is seen), never longer.
+      await Promise.race([subscribed, new Promise((resolve) => setTimeout(resolve, connectTimeoutMs).unref())])
+    },
+    async publish(keyId) {
+      try {
+        await publisher.publish(channel, keyId)
+        return true
+      } catch (error: unknown) {
+        if (!closing) {
+          log.warn(
+            { keyId, err: error },
+            'key change not published (Redis unreachable): the other replicas pick it up within team.keyCacheTtlMs',
+          )
+        }
+        return false
+      }
+    },
+    async close() {
+      closing = true
+      publisher.disconnect()
+      subscriber.disconnect()
+      await subscribed
+    },
+  }
+}
+
+/**
+ * The CLI's one-shot publish: connects (short timeout, no retries), publishes, disconnects.
+ * Resolves with the error when Redis is unreachable, undefined when published.
+ */
+export async function publishKeyChangeOnce(
+  redisUrl: string,
+  keyPrefix: string,
+  keyId: string,
+  connectTimeoutMs = CONNECT_TIMEOUT_MS,
+): Promise<Error | undefined> {
+  const redis = publisherFor(redisUrl, connectTimeoutMs, false)
+  try {
+    await redis.connect()
+    await redis.publish(keyEventsChannel(keyPrefix), keyId)
+    return undefined
+  } catch (error: unknown) {
+    return error instanceof Error ? error : new Error(String(error))
+  } finally {
+    redis.disconnect()
+  }
+}
+
+function ignore(): void {}
