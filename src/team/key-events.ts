@@ -1,4 +1,5 @@
-import { Redis } from 'ioredis'
+import type { Redis } from 'ioredis'
+import { commandConnection, subscriberConnection } from './redis-connection.js'
 
 /**
  * Key changes across replicas: with `team.redisUrl`, a key update or revocation (admin API on any
@@ -42,14 +43,7 @@ const COMMAND_TIMEOUT_MS = 200
 const CONNECT_TIMEOUT_MS = 1_000
 
 function publisherFor(redisUrl: string, connectTimeoutMs: number, reconnect: boolean): Redis {
-  const redis = new Redis(redisUrl, {
-    lazyConnect: true,
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    commandTimeout: COMMAND_TIMEOUT_MS,
-    connectTimeout: connectTimeoutMs,
-    retryStrategy: reconnect ? (times) => Math.min(times * 100, 1_000) : () => null,
-  })
+  const redis = commandConnection(redisUrl, { commandTimeoutMs: COMMAND_TIMEOUT_MS, connectTimeoutMs, reconnect })
   redis.on('error', ignore)
   return redis
 }
@@ -59,15 +53,7 @@ export function createKeyEvents(options: KeyEventsOptions): KeyEvents {
   const channel = keyEventsChannel(options.keyPrefix)
   const connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS
   const publisher = publisherFor(options.redisUrl, connectTimeoutMs, true)
-  const subscriber = new Redis(options.redisUrl, {
-    lazyConnect: true,
-    // The SUBSCRIBE waits for the connection; reconnects resubscribe by themselves.
-    enableOfflineQueue: true,
-    maxRetriesPerRequest: null,
-    autoResubscribe: true,
-    connectTimeout: connectTimeoutMs,
-    retryStrategy: (times) => Math.min(times * 100, 1_000),
-  })
+  const subscriber = subscriberConnection(options.redisUrl, { connectTimeoutMs })
   subscriber.on('error', ignore)
   subscriber.on('message', (from: string, keyId: string) => {
     if (from === channel && keyId !== '') onKeyChanged(keyId)

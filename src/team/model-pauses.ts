@@ -1,5 +1,5 @@
-import { Redis } from 'ioredis'
 import { createModelPauseMap, type ModelPauses } from '../upstream/model-pauses.js'
+import { commandConnection, subscriberConnection } from './redis-connection.js'
 
 /**
  * The fleet's model pauses (team.redisUrl): a replica that sees a 429 with pushback publishes
@@ -30,17 +30,11 @@ export function createRedisModelPauses(options: RedisModelPausesOptions): RedisM
   const local = createModelPauseMap(wallClockNow)
   const channel = `${keyPrefix}pauses`
   const keyOf = (model: string) => `${keyPrefix}pause:${model}`
-  const connection = {
-    lazyConnect: true,
-    maxRetriesPerRequest: 0,
-    commandTimeout: 500,
-    connectTimeout: 1_000,
-    retryStrategy: (times: number) => Math.min(times * 100, 1_000),
-  }
-  const publisher = new Redis(options.redisUrl, { ...connection, enableOfflineQueue: false })
+  const timeouts = { commandTimeoutMs: 500, connectTimeoutMs: 1_000 }
+  const publisher = commandConnection(options.redisUrl, timeouts)
   // The subscriber keeps its SUBSCRIBE queued while Redis is down and re-subscribes after a
   // reconnect by itself (ioredis autoResubscribe).
-  const subscriber = new Redis(options.redisUrl, { ...connection, enableOfflineQueue: true, maxRetriesPerRequest: null })
+  const subscriber = subscriberConnection(options.redisUrl, timeouts)
   publisher.on('error', ignore)
   subscriber.on('error', ignore)
   subscriber.on('message', (from: string, message: string) => {

@@ -1,4 +1,4 @@
-import { Redis } from 'ioredis'
+import type { Redis } from 'ioredis'
 import { createKeyQueue } from './key-queue.js'
 import {
   type Admission,
@@ -12,6 +12,7 @@ import {
   refusal,
   tokensToReserve,
 } from './limiter.js'
+import { commandConnection } from './redis-connection.js'
 
 /**
  * A member key's rpm, tpm and concurrency counted in Redis, so every replica on the same Redis
@@ -131,15 +132,7 @@ export function createRedisKeyLimiter(options: RedisKeyLimiterOptions): RedisKey
   const windowMs = (options.windowSeconds ?? 60) * 1000
   const queue = createKeyQueue({ ...options, concurrencyRetryMs: CONCURRENCY_RETRY_MS })
   const fallback = createMemoryAdmitter({ ...options, onSlotFreed: (keyId) => queue.wake(keyId) })
-  const redis = new Redis(options.redisUrl, {
-    lazyConnect: true,
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    commandTimeout: options.commandTimeoutMs ?? 200,
-    connectTimeout: 1_000,
-    // Reconnect soon after Redis returns; ioredis keeps trying for as long as the process runs.
-    retryStrategy: (times) => Math.min(times * 100, 1_000),
-  })
+  const redis = commandConnection(options.redisUrl, { commandTimeoutMs: options.commandTimeoutMs ?? 200, connectTimeoutMs: 1_000 })
   redis.defineCommand('toprouterAdmit', { numberOfKeys: 3, lua: ADMIT_SCRIPT })
   redis.defineCommand('toprouterSettle', { numberOfKeys: 1, lua: SETTLE_SCRIPT })
   const commands = redis as unknown as Redis & LimitCommands

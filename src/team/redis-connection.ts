@@ -1,0 +1,43 @@
+import { Redis } from 'ioredis'
+
+/**
+ * The two kinds of Redis connection team mode opens, with one set of options each: a command
+ * connection that never makes a request wait on a dead Redis (no offline queue, no retries, a short
+ * timeout), and a subscriber whose SUBSCRIBE waits for the connection and is renewed after a
+ * reconnect. Both reconnect on their own, at most a second apart.
+ */
+
+const reconnectSoon = (times: number) => Math.min(times * 100, 1_000)
+
+export interface CommandConnectionOptions {
+  readonly commandTimeoutMs: number
+  readonly connectTimeoutMs: number
+  /** False for one-shot use (the CLI): give up instead of reconnecting. @default true */
+  readonly reconnect?: boolean
+}
+
+export function commandConnection(redisUrl: string, options: CommandConnectionOptions): Redis {
+  return new Redis(redisUrl, {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    commandTimeout: options.commandTimeoutMs,
+    connectTimeout: options.connectTimeoutMs,
+    retryStrategy: options.reconnect === false ? () => null : reconnectSoon,
+  })
+}
+
+export function subscriberConnection(
+  redisUrl: string,
+  options: { readonly connectTimeoutMs: number; readonly commandTimeoutMs?: number },
+): Redis {
+  return new Redis(redisUrl, {
+    lazyConnect: true,
+    enableOfflineQueue: true,
+    maxRetriesPerRequest: null,
+    autoResubscribe: true,
+    connectTimeout: options.connectTimeoutMs,
+    ...(options.commandTimeoutMs === undefined ? {} : { commandTimeout: options.commandTimeoutMs }),
+    retryStrategy: reconnectSoon,
+  })
+}
