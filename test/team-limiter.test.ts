@@ -1,26 +1,13 @@
 import t from 'tap'
 import { RequestSignal } from '../src/request-clock.js'
-import { type AdmitRequest, createKeyLimiter, type KeyLimits } from '../src/team/limiter.js'
+import { createKeyLimiter } from '../src/team/limiter.js'
+import { ask, now } from './helpers/limits.js'
 
 /**
  * A member key's limits, on rate-limiter-flexible's real memory limiters and real timers: rpm,
  * tpm (reserve, then settle), concurrency, and the bounded FIFO wait with its deadline and the
  * client leaving.
  */
-
-const now = () => performance.now()
-const NO_LIMITS: KeyLimits = { rpm: 0, tpm: 0, maxConcurrent: 0 }
-
-function ask(limits: Partial<KeyLimits>, overrides: Partial<AdmitRequest> = {}): AdmitRequest {
-  return {
-    keyId: 'key_a',
-    limits: { ...NO_LIMITS, ...limits },
-    estimatedTokens: 0,
-    signal: new RequestSignal(),
-    deadlineAtMs: now() + 60_000,
-    ...overrides,
-  }
-}
 
 t.test('rpm 5: the 6th request in the minute is refused with Retry-After and the key’s headers', async (t) => {
   const limiter = createKeyLimiter({ maxQueueWaitMs: 0, now })

@@ -4,12 +4,12 @@ import { createServer } from 'node:net'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
-import { RequestSignal } from '../src/request-clock.js'
-import type { Admission, AdmitRequest, KeyLimits } from '../src/team/limiter.js'
+import type { Admission } from '../src/team/limiter.js'
 import { createRedisKeyLimiter, type RedisKeyLimiter, type RedisKeyLimiterOptions } from '../src/team/redis-limiter.js'
 import { createTeamMetrics } from '../src/team/team-metrics.js'
 import { expectErrorShape } from './helpers/assert-error.js'
 import { completion, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
+import { ask, now } from './helpers/limits.js'
 import { startTeamProxy } from './helpers/proxy.js'
 import { needSharedRedis, prefixFor, SHARED_REDIS } from './helpers/redis.js'
 
@@ -20,20 +20,6 @@ import { needSharedRedis, prefixFor, SHARED_REDIS } from './helpers/redis.js'
  * team proxies on one store and one Redis. The shared Redis is 127.0.0.1:6379 (CI has it; outside
  * CI the tests skip without it). Each test has its own key prefix and deletes its keys after.
  */
-
-const now = () => performance.now()
-const NO_LIMITS: KeyLimits = { rpm: 0, tpm: 0, maxConcurrent: 0 }
-
-function ask(limits: Partial<KeyLimits>, overrides: Partial<AdmitRequest> = {}): AdmitRequest {
-  return {
-    keyId: 'key_a',
-    limits: { ...NO_LIMITS, ...limits },
-    estimatedTokens: 0,
-    signal: new RequestSignal(),
-    deadlineAtMs: now() + 60_000,
-    ...overrides,
-  }
-}
 
 interface Replica {
   readonly limiter: RedisKeyLimiter
