@@ -85,6 +85,7 @@ export const CONFIG_SCHEMA = Type.Object(
       storeUrl: Type.String({ minLength: 1, default: 'sqlite:toprouter-proxy.db' }),
       storePoolSize: Type.Integer({ minimum: 1, default: 10 }),
       redisUrl: Type.String({ default: '' }),
+      redisKeyPrefix: Type.String({ minLength: 1, maxLength: 100, default: 'toprouter:' }),
       keyCacheTtlMs: ms(5000),
       usageFlushMs: ms(1000, 1),
       maxQueueWaitMs: ms(0),
@@ -173,6 +174,9 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     ['HOST', 'listen.host', String],
     ['PORT', 'listen.port', numberOrString],
     ['LOG_LEVEL', 'log.level', (v) => v.toLowerCase()],
+    // Store and Redis URLs may hold passwords, which belong in the environment rather than the file.
+    ['TOPROUTER_PROXY_STORE_URL', 'team.storeUrl', String],
+    ['TOPROUTER_PROXY_REDIS_URL', 'team.redisUrl', String],
   ]
   for (const [name, path, convert] of envOverrides) {
     const value = nonEmpty(env[name])

@@ -7,7 +7,7 @@ import { type Config, ConfigError, loadConfig } from './config.js'
 import { buildLogger, drainLogs } from './logging.js'
 import { drain } from './shutdown.js'
 import { TEAM_CLI_HELP } from './team/cli-help.js'
-import { shownStoreUrl } from './team/store/store-url.js'
+import { shownUrl } from './team/store/store-url.js'
 import type { TeamMode } from './team/team-mode.js'
 
 /** The CLI: flags → config → app → listen, and a graceful drain on SIGTERM/SIGINT. */
@@ -65,7 +65,7 @@ function parseFlags(argv: string[]) {
 
 function describeConfig(config: Config): string {
   const { apiKey, adminKey, ...rest } = config
-  const team = { ...rest.team, storeUrl: shownStoreUrl(rest.team.storeUrl) }
+  const team = { ...rest.team, storeUrl: shownUrl(rest.team.storeUrl), redisUrl: shownUrl(rest.team.redisUrl) }
   return JSON.stringify(
     {
       ...rest,
@@ -128,7 +128,7 @@ async function main(): Promise<void> {
       const { openTeamMode } = await import('./team/team-mode.js')
       team = await openTeamMode(config, { log: logger })
     } catch (err: unknown) {
-      logger.fatal({ err }, `cannot open the team store ${shownStoreUrl(config.team.storeUrl)}`)
+      logger.fatal({ err }, `cannot open the team store ${shownUrl(config.team.storeUrl)}`)
       await drainLogs(logger)
       process.exit(1)
     }

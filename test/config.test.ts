@@ -53,6 +53,12 @@ t.test('precedence: defaults < file < environment < flags', async (t) => {
   t.equal(withEnv.upstream.baseUrl, 'http://env.example')
   t.equal(withEnv.log.level, 'debug')
   t.equal(withEnv.apiKey, 'sk-env')
+  const fleet = fromYaml('team: { storeUrl: "sqlite:file.db", redisUrl: "redis://file:6379" }', {
+    TOPROUTER_PROXY_STORE_URL: 'postgres://gw@db:5432/gw',
+    TOPROUTER_PROXY_REDIS_URL: 'redis://cache:6379',
+  })
+  t.equal(fleet.team.storeUrl, 'postgres://gw@db:5432/gw', 'TOPROUTER_PROXY_STORE_URL over the file')
+  t.equal(fleet.team.redisUrl, 'redis://cache:6379', 'TOPROUTER_PROXY_REDIS_URL over the file')
   const withFlags = fromYaml(yaml, { PORT: '9100' }, { port: '9200', host: '::1', upstream: 'https://flag.example/prefix' })
   t.same(withFlags.listen, { host: '::1', port: 9200 })
   t.equal(withFlags.upstream.baseUrl, 'https://flag.example/prefix')
@@ -201,6 +207,7 @@ t.test('team: defaults, and the upstream key required only when serving', async 
     storeUrl: 'sqlite:toprouter-proxy.db',
     storePoolSize: 10,
     redisUrl: '',
+    redisKeyPrefix: 'toprouter:',
     keyCacheTtlMs: 5000,
     usageFlushMs: 1000,
     maxQueueWaitMs: 0,
@@ -254,4 +261,16 @@ t.test('CLI: --help, --version and --check-config', async (t) => {
   t.match(check.stdout, /"baseUrl": "http:\/\/127\.0\.0\.1:1"/)
   t.notMatch(check.stdout + check.stderr, /sk-check-canary/, 'the key is not printed')
   t.match(check.stdout, /set \(from TOPROUTER_API_KEY\)/)
+  const urls = cli(['--check-config'], {
+    TOPROUTER_PROXY_STORE_URL: 'postgres://gateway:pg-canary-secret@db:5432/gateway',
+    TOPROUTER_PROXY_REDIS_URL: 'redis://:redis-canary-secret@cache:6379',
+  })
+  t.equal(urls.status, 0, urls.stderr)
+  t.match(
+    urls.stdout,
+    /"storeUrl": "postgres:\/\/gateway:\*\*\*@db:5432\/gateway"/,
+    'the store URL from the environment, its password hidden',
+  )
+  t.match(urls.stdout, /"redisUrl": "redis:\/\/:\*\*\*@cache:6379"/, 'the Redis URL too')
+  t.notMatch(urls.stdout + urls.stderr, /canary-secret/)
 })

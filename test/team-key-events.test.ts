@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { runTeamCli } from '../src/team/cli.js'
-import { DEFAULT_REDIS_KEY_PREFIX, keyEventsChannel } from '../src/team/key-events.js'
+import { keyEventsChannel } from '../src/team/key-events.js'
 import { completion, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startTeamProxy, type TestTeamProxy } from './helpers/proxy.js'
 import { listen, needSharedRedis, prefixFor, SHARED_REDIS } from './helpers/redis.js'
@@ -106,15 +106,18 @@ t.test("models changed through A's admin API: B enforces the new allow-list at o
 
 t.test('revoked through the CLI (config with the same redisUrl): B refuses it at once', async (t) => {
   if (!(await needSharedRedis(t))) return
-  // The CLI publishes with the default prefix (the prefix is not configurable), so B uses it too; the key name is unique.
-  const messages = await listen(t, keyEventsChannel(DEFAULT_REDIS_KEY_PREFIX))
-  const [a, b] = await twoReplicas(t, DEFAULT_REDIS_KEY_PREFIX)
+  const redisKeyPrefix = prefixFor(t)
+  const messages = await listen(t, keyEventsChannel(redisKeyPrefix))
+  const [a, b] = await twoReplicas(t, redisKeyPrefix)
   const name = `carol-${Math.random().toString(36).slice(2)}`
   const carol = await a.createKey({ name })
   t.equal((await statusOf(b.url, carol.secret)).status, 200, 'works on B, cached')
 
   const dir = dirname(a.storePath)
-  writeFileSync(join(dir, 'cli.yaml'), `team:\n  enabled: true\n  storeUrl: sqlite:${a.storePath}\n  redisUrl: ${SHARED_REDIS}\n`)
+  writeFileSync(
+    join(dir, 'cli.yaml'),
+    `team:\n  enabled: true\n  storeUrl: sqlite:${a.storePath}\n  redisUrl: ${SHARED_REDIS}\n  redisKeyPrefix: '${redisKeyPrefix}'\n`,
+  )
   let stdout = ''
   let stderr = ''
   const io = { stdout: (text: string) => (stdout += text), stderr: (text: string) => (stderr += text), env: {}, cwd: dir }

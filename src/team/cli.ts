@@ -3,7 +3,7 @@ import { resolve } from 'node:path'
 import { type ParseArgsConfig, parseArgs } from 'node:util'
 import { ConfigError, loadConfig } from '../config.js'
 import { TeamError } from './errors.js'
-import { DEFAULT_REDIS_KEY_PREFIX, publishKeyChangeOnce } from './key-events.js'
+import { publishKeyChangeOnce } from './key-events.js'
 import type { KeyFields } from './key-fields.js'
 import { type KeyRecord, keyStatus } from './keys.js'
 import type { UsageSummaryRow } from './store/store.js'
@@ -66,7 +66,7 @@ export async function runTeamCli(argv: readonly string[], io: CliIo): Promise<nu
     }
     if (changedKeyId !== undefined && config.team.redisUrl !== '') {
       // The change is in the store either way; this only tells the running replicas at once.
-      const error = await publishKeyChangeOnce(config.team.redisUrl, DEFAULT_REDIS_KEY_PREFIX, changedKeyId)
+      const error = await publishKeyChangeOnce(config.team.redisUrl, config.team.redisKeyPrefix, changedKeyId)
       if (error !== undefined) {
         io.stderr(
           `toprouter-proxy: warning: could not tell the running proxies through Redis (${error.message}); they pick the change up within team.keyCacheTtlMs\n`,

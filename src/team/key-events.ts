@@ -34,9 +34,6 @@ export interface KeyEvents {
   close(): Promise<void>
 }
 
-/** The prefix of every Redis key and channel unless the server is told another (the CLI always uses it). */
-export const DEFAULT_REDIS_KEY_PREFIX = 'toprouter:'
-
 export const keyEventsChannel = (keyPrefix: string): string => `${keyPrefix}keys`
 
 const COMMAND_TIMEOUT_MS = 200

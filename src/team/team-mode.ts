@@ -6,7 +6,7 @@ import { createAdminRoutes } from './admin-routes.js'
 import { createMemoryBudgetLedger } from './budget.js'
 import { createTeamGateway, type TeamGateway, type TeamGatewayLog } from './gateway.js'
 import { createKeyCache } from './key-cache.js'
-import { createKeyEvents, DEFAULT_REDIS_KEY_PREFIX, type KeyEvents } from './key-events.js'
+import { createKeyEvents, type KeyEvents } from './key-events.js'
 import type { KeyRecord } from './keys.js'
 import { createKeyLimiter, type KeyLimiter } from './limiter.js'
 import { createRedisModelPauses, type RedisModelPauses } from './model-pauses.js'
@@ -47,7 +47,7 @@ export interface TeamModeOptions {
   readonly cwd?: string
   /** How long a store write waits for another writer's lock. @default 100 */
   readonly storeBusyTimeoutMs?: number
-  /** With `team.redisUrl`: the prefix of every Redis key (replicas sharing it share limits). @default 'toprouter:' */
+  /** Overrides `team.redisKeyPrefix` (tests: a prefix per test). */
   readonly redisKeyPrefix?: string
 }
 
@@ -81,7 +81,7 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
   let redisLimiter: RedisKeyLimiter | undefined
   let modelPauses: RedisModelPauses | undefined
   let limiter: KeyLimiter
-  const redisKeyPrefix = options.redisKeyPrefix ?? DEFAULT_REDIS_KEY_PREFIX
+  const redisKeyPrefix = options.redisKeyPrefix ?? team.redisKeyPrefix
   if (team.redisUrl === '') limiter = createKeyLimiter({ maxQueueWaitMs: team.maxQueueWaitMs, now })
   else {
     redisLimiter = createRedisKeyLimiter({

@@ -7,7 +7,7 @@ import { createKyselyStore } from './kysely-store.js'
 import { migrationProvider } from './migrations.js'
 import type { Database } from './schema.js'
 import type { TeamStore } from './store.js'
-import { parseStoreUrl, shownStoreUrl } from './store-url.js'
+import { parseStoreUrl, shownUrl } from './store-url.js'
 
 export interface OpenStoreOptions {
   /** A relative sqlite: path is relative to this. @default process.cwd() */
@@ -25,7 +25,7 @@ const DEFAULT_POOL_SIZE = 10
 export async function openStore(storeUrl: string, options: OpenStoreOptions = {}): Promise<TeamStore> {
   const location = parseStoreUrl(storeUrl)
   if (location === undefined)
-    throw new Error(`team.storeUrl must be sqlite:<path> or postgres://…, found ${JSON.stringify(shownStoreUrl(storeUrl))}`)
+    throw new Error(`team.storeUrl must be sqlite:<path> or postgres://…, found ${JSON.stringify(shownUrl(storeUrl))}`)
   if (location.kind === 'postgres') return openPostgresStore(location.url, options)
   return openSqliteStore(location.path, options)
 }
@@ -102,7 +102,7 @@ async function openPostgresStore(url: string, options: OpenStoreOptions): Promis
     await migrateUnderLock(url, db)
   } catch (err: unknown) {
     await db.destroy()
-    throw new Error(`cannot open the PostgreSQL team store ${shownStoreUrl(url)}: ${(err as Error).message}`, { cause: err })
+    throw new Error(`cannot open the PostgreSQL team store ${shownUrl(url)}: ${(err as Error).message}`, { cause: err })
   }
   return createKyselyStore({
     db,

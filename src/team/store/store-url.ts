@@ -18,14 +18,15 @@ export function parseStoreUrl(storeUrl: string): StoreLocation | undefined {
   return undefined
 }
 
-/** The store URL as it may be logged or shown: a PostgreSQL password is replaced by `***`. */
-export function shownStoreUrl(storeUrl: string): string {
-  if (!/^postgres(ql)?:\/\//.test(storeUrl)) return storeUrl
+/** A store or Redis URL as it may be logged or shown: a password in it is replaced by `***`. */
+export function shownUrl(value: string): string {
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(value)?.[1]
+  if (scheme === undefined) return value
   try {
-    const url = new URL(storeUrl)
+    const url = new URL(value)
     if (url.password !== '') url.password = '***'
     return url.toString()
   } catch {
-    return 'postgres://(unparseable)'
+    return `${scheme}://(unparseable)`
   }
 }
