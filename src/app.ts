@@ -110,7 +110,10 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     retrier: createRetrier({ ...retrierDeps, breakers: modelsBreakers }),
     cache: createModelsCache({ ttlMs: config.models.cacheTtlMs, staleIfErrorMs: config.models.staleIfErrorMs, now }),
   })
-  const health = createHealthHandlers(lifecycle, () => ({ breakers: { ...modelsBreakers.states(), ...breakers.states() } }))
+  const health = createHealthHandlers(lifecycle, () => ({
+    breakers: { ...modelsBreakers.states(), ...breakers.states() },
+    ...(team === undefined ? {} : { degraded: team.degraded() }),
+  }))
   const routes: RouteEntry[] = [
     { method: 'POST', urls: ['/chat/completions', '/v1/chat/completions'], handler: chat },
     { method: 'GET', urls: ['/models', '/v1/models'], handler: models.list },

@@ -396,4 +396,33 @@ t.test('team proxy, redisFailure closed: 503 service_unavailable while its Redis
   t.equal(upstream.requests.length, 1)
   const metrics = await request(`${proxy.url}/metrics`)
   t.match(await metrics.body.text(), /toprouter_proxy_redis_up 0/)
+  const ready = await request(`${proxy.url}/readyz`)
+  t.equal(ready.statusCode, 200, 'still ready: every replica shares this Redis, so none would serve better')
+  t.match(await ready.body.json(), { status: 'ready', degraded: ['redis'] })
 })
+
+t.test(
+  'team proxy, redisFailure open: served per replica while Redis is down, /readyz degraded; shared again once it is back',
+  async (t) => {
+    const redis = await privateRedis(t)
+    const upstream = await upstreamFor(t)
+    const proxy = await startTeamProxy(t, {
+      upstreamUrl: upstream.url,
+      config: { team: { redisUrl: redis.url } },
+      redisKeyPrefix: prefixFor(t, redis.url),
+    })
+    const alice = await proxy.createKey({ name: 'alice', rpm: 100 })
+    const readiness = async () => (await (await request(`${proxy.url}/readyz`)).body.json()) as { status: string; degraded: string[] }
+    t.same((await readiness()).degraded, [], 'not degraded while Redis is up')
+    await redis.kill()
+    await sleep(200)
+    const res = await chat(proxy.url, alice.secret)
+    t.equal(res.statusCode, 200, 'served on per-replica limits')
+    await res.body.dump()
+    t.match(await readiness(), { status: 'ready', degraded: ['redis'] })
+    await redis.start()
+    const started = performance.now()
+    while (performance.now() - started < 5_000 && (await readiness()).degraded.length > 0) await sleep(50)
+    t.same((await readiness()).degraded, [], 'reconnected by itself')
+  },
+)

@@ -253,6 +253,9 @@ t.test('a store that fails mid-run: requests keep being served, records wait in 
   t.match(metrics, /toprouter_proxy_usage_queue_records 6/, 'six records wait, counted in /metrics')
   t.match(metrics, /toprouter_proxy_usage_store_up 0/)
   t.match(proxy.logText(), /usage store unavailable; usage records wait in memory/)
+  const whileLocked = await request(`${proxy.url}/readyz`)
+  t.equal(whileLocked.statusCode, 200, 'still ready: usage waits, cached keys are served')
+  t.match(await whileLocked.body.json(), { status: 'ready', degraded: ['store'] })
 
   locker.exec('COMMIT')
   locker.close()
@@ -262,6 +265,7 @@ t.test('a store that fails mid-run: requests keep being served, records wait in 
   t.match(proxy.logText(), /usage store is back/)
   const after = await (await request(`${proxy.url}/metrics`)).body.text()
   t.match(after, /toprouter_proxy_usage_queue_records 0/)
+  t.same(((await (await request(`${proxy.url}/readyz`)).body.json()) as { degraded: string[] }).degraded, [], 'not degraded once written')
   t.equal(
     proxy.logLines().filter((line) => String(line.msg).startsWith('usage store unavailable')).length,
     1,

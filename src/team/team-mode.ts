@@ -32,6 +32,13 @@ export interface TeamMode {
   readonly modelPauses: ModelPauses | undefined
   /** The admin API's routes; none without an admin key (then `/admin/*` is a 404 like any unknown route). */
   adminRoutes(adminKey: string | undefined): RouteEntry[]
+  /**
+   * What works in a reduced way right now, for `/readyz`: `redis` (limits counted per replica, or
+   * refused with `redisFailure: closed`), `store` (usage waiting in memory, uncached keys refused).
+   * Still ready: every replica shares the same Redis and store, so taking one out of the load
+   * balancer would only move its clients to replicas in the same state.
+   */
+  degraded(): string[]
   /** Writes the waiting usage records now; false when the store refused them (they stay queued). */
   flushUsage(): Promise<boolean>
   /** Writes every waiting usage record, then closes the store: the last step of a drain. */
@@ -145,6 +152,12 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     registry: metrics.registry,
     modelPauses,
     adminRoutes: (adminKey) => (adminKey === undefined ? [] : createAdminRoutes({ service, adminKey, onKeyChanged })),
+    degraded() {
+      const parts: string[] = []
+      if (redisLimiter !== undefined && !redisLimiter.redisUp()) parts.push('redis')
+      if (!usage.storeHealthy) parts.push('store')
+      return parts
+    },
     flushUsage: () => usage.flush(),
     async close() {
       const written = await usage.close()
