@@ -4,6 +4,7 @@ import { createServer } from 'node:net'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
+import type { BudgetWindow, Spend, SpendSince } from '../src/team/budget.js'
 import type { Admission } from '../src/team/limiter.js'
 import { createRedisKeyLimiter, type RedisKeyLimiter, type RedisKeyLimiterOptions } from '../src/team/redis-limiter.js'
 import { createTeamMetrics } from '../src/team/team-metrics.js'
@@ -197,6 +198,103 @@ t.test('one Redis round trip per admission; settle and release are one command e
   t.equal(admissions.filter((admission) => admission.ok).length, 10)
 })
 
+const DAY_START_MS = Date.UTC(2026, 11, 1)
+const budgetOf = (tokens: number | null, usd: number | null = null): BudgetWindow => ({
+  keyId: 'key_a',
+  period: 'day',
+  startMs: DAY_START_MS,
+  tokens,
+  usd,
+})
+
+/** The usage store's answer for the seed, counting how often it is asked. */
+function storeSpend(spend: Spend) {
+  const reads: string[] = []
+  const spendSince: SpendSince = async (keyId, since) => {
+    reads.push(`${keyId}@${since.toISOString()}`)
+    return spend
+  }
+  return { reads, spendSince }
+}
+
+t.test('a budget across replicas: seeded once from the store, spent through A, refused on B', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const store = storeSpend({ tokens: 30, usd: 0 })
+  const a = await replica(t, prefix, { spendSince: store.spendSince })
+  const b = await replica(t, prefix, { spendSince: store.spendSince })
+  const budget = budgetOf(100)
+  const [first, second] = await Promise.all([a.limiter.admit(ask({}, { budget })), b.limiter.admit(ask({}, { budget }))])
+  t.ok(first.ok && second.ok, '30 of 100 spent: both admitted')
+  t.ok(store.reads.length >= 1 && store.reads.length <= 2, `the store read for the seed (${store.reads.length}: replicas racing to seed)`)
+  t.equal(store.reads[0], 'key_a@2026-12-01T00:00:00.000Z', "the period's spend, from its start")
+  if (first.ok) first.permit.settle(40)
+  if (second.ok) second.permit.settle(20)
+  await sleep(30)
+  const readsBefore = store.reads.length
+  const third = await b.limiter.admit(ask({}, { budget }))
+  t.ok(third.ok, '30 + 40 + 20 = 90 < 100: admitted (a request may overshoot)')
+  if (third.ok) third.permit.settle(25)
+  await sleep(30)
+  const refusedOnA = await a.limiter.admit(ask({}, { budget }))
+  t.match(refusedOnA, { ok: false, limit: 'budget', unit: 'tokens', spent: 115, budget: 100 }, 'spent through B, refused on A')
+  t.equal(store.reads.length, readsBefore, 'no store read once the period is seeded')
+  const raised = await a.limiter.admit(ask({}, { budget: budgetOf(200) }))
+  t.ok(raised.ok, 'a raised budget admits at once: the counter is spend, the budget comes with the request')
+})
+
+t.test('a USD budget across replicas counts the cost settled on each', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const a = await replica(t, prefix)
+  const b = await replica(t, prefix)
+  const budget = budgetOf(null, 0.01)
+  const first = await a.limiter.admit(ask({}, { budget }))
+  if (first.ok) first.permit.settle(10, 0.006)
+  await sleep(30)
+  const second = await b.limiter.admit(ask({}, { budget }))
+  t.ok(second.ok, '$0.006 of $0.01')
+  if (second.ok) second.permit.settle(10, 0.0045)
+  await sleep(30)
+  const refusedOnA = await a.limiter.admit(ask({}, { budget }))
+  t.match(refusedOnA, { ok: false, limit: 'budget', unit: 'usd', budget: 0.01 })
+  if (!refusedOnA.ok && refusedOnA.limit === 'budget') t.ok(Math.abs(refusedOnA.spent - 0.0105) < 1e-9, `spent $${refusedOnA.spent}`)
+})
+
+t.test('a budget refusal takes nothing of rpm or concurrency; the seeded admission is still one round trip after', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const store = storeSpend({ tokens: 500, usd: 0 })
+  const a = await replica(t, prefix, { spendSince: store.spendSince })
+  const sent: string[] = []
+  const send = a.limiter.redis.sendCommand.bind(a.limiter.redis)
+  a.limiter.redis.sendCommand = ((command, ...rest) => {
+    sent.push(command.name)
+    return send(command, ...rest)
+  }) as typeof send
+  const limits = { rpm: 2, maxConcurrent: 1 }
+  refused(t, await a.limiter.admit(ask(limits, { budget: budgetOf(100) })), 'budget')
+  t.ok(sent.length >= 3, `the first: admit, seed, admit again (${sent.join(', ')})`)
+  sent.length = 0
+  refused(t, await a.limiter.admit(ask(limits, { budget: budgetOf(100) })), 'budget')
+  t.same(sent, ['evalsha'], 'then one round trip')
+  const unbudgeted = [await a.limiter.admit(ask(limits)), await a.limiter.admit(ask(limits))]
+  t.ok(unbudgeted[0]?.ok, 'the refusals took no rpm and no slot')
+  refused(t, unbudgeted[1] as Admission, 'concurrency')
+})
+
+t.test('the store down while a period is unseeded: the budget cannot be checked (unavailable), not skipped', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const prefix = prefixFor(t)
+  const a = await replica(t, prefix, {
+    spendSince: async () => {
+      throw new Error('connection refused')
+    },
+  })
+  t.same(await a.limiter.admit(ask({ rpm: 5 }, { budget: budgetOf(100) })), { ok: false, limit: 'unavailable', what: 'budget' })
+  t.ok((await a.limiter.admit(ask({ rpm: 5 }))).ok, 'a key without a budget is served')
+})
+
 /** A redis-server of this test's own on a free port, to kill and restart. */
 async function privateRedis(t: Test): Promise<{ url: string; kill(): Promise<void>; start(): Promise<void> }> {
   const port = await freePort()
@@ -302,6 +400,38 @@ t.test('redisFailure open: Redis killed → per-replica limits, gauge 0, one war
   refused(t, await a.limiter.admit(rpm2), 'rpm')
 })
 
+t.test(
+  'redisFailure open, a budget: while Redis is down each replica reads the spend from the store; back → the shared counter, seeded again',
+  async (t) => {
+    const redis = await privateRedis(t)
+    const prefix = prefixFor(t, redis.url)
+    let recorded: Spend = { tokens: 0, usd: 0 }
+    const reads: number[] = []
+    const a = await replica(t, prefix, {
+      redisUrl: redis.url,
+      spendSince: async () => {
+        reads.push(recorded.tokens)
+        return recorded
+      },
+    })
+    const budget = budgetOf(100)
+    const first = await a.limiter.admit(ask({}, { budget }))
+    if (first.ok) first.permit.settle(60)
+    recorded = { tokens: 60, usd: 0 } // the usage writer has flushed its record
+    await redis.kill()
+    t.ok(await until(() => !a.limiter.redisUp()), 'Redis down')
+    const during = await a.limiter.admit(ask({}, { budget }))
+    t.ok(during.ok, '60 of 100, read from the store')
+    t.equal(reads.at(-1), 60, 'the outage read the store as it is now')
+    if (during.ok) during.permit.settle(50)
+    t.match(await a.limiter.admit(ask({}, { budget })), { ok: false, limit: 'budget', spent: 110 }, 'counted on this replica meanwhile')
+    recorded = { tokens: 110, usd: 0 }
+    await redis.start()
+    t.ok(await until(() => a.limiter.redisUp()), 'Redis back')
+    t.match(await a.limiter.admit(ask({}, { budget })), { ok: false, limit: 'budget', spent: 110 }, 'the new counter seeded from the store')
+  },
+)
+
 t.test('redisFailure open: Redis down at startup does not stop it; it connects when Redis comes', async (t) => {
   const redis = await privateRedis(t)
   await redis.kill()
@@ -322,7 +452,7 @@ t.test('redisFailure closed: admissions are unavailable while Redis is down, sha
   t.ok((await a.limiter.admit(ask({ rpm: 5 }))).ok)
   await redis.kill()
   t.ok(await until(() => !a.limiter.redisUp()))
-  t.same(await a.limiter.admit(ask({ rpm: 5 })), { ok: false, limit: 'unavailable' })
+  t.same(await a.limiter.admit(ask({ rpm: 5 })), { ok: false, limit: 'unavailable', what: 'limits' })
   t.match(a.lines.at(-1)?.message, /refused \(503\)/)
   await redis.start()
   t.ok(await until(() => a.limiter.redisUp()))
@@ -372,6 +502,32 @@ t.test('two team proxies on one store and one Redis: a key with rpm 3 gets 3 req
   t.equal(upstream.requests.length, 3, 'the refused ones never reached the upstream')
   const metrics = await request(`${a.url}/metrics`)
   t.match(await metrics.body.text(), /toprouter_proxy_redis_up 1/)
+})
+
+t.test('two team proxies: a token budget spent through A is refused on B (402), with no upstream call', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const upstream = await upstreamFor(t)
+  const redisKeyPrefix = prefixFor(t)
+  const team = { redisUrl: SHARED_REDIS }
+  const a = await startTeamProxy(t, { upstreamUrl: upstream.url, config: { team }, redisKeyPrefix })
+  const b = await startTeamProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { team: { ...team, storeUrl: `sqlite:${a.storePath}` } },
+    redisKeyPrefix,
+  })
+  const alice = await a.createKey({ name: 'alice', budgetTokens: 10, budgetPeriod: 'day' })
+  for (const proxy of [a, a]) {
+    const res = await chat(proxy.url, alice.secret)
+    t.equal(res.statusCode, 200)
+    await res.body.dump()
+  }
+  await sleep(50) // the settles are fire and forget
+  await expectErrorShape(t, await chat(b.url, alice.secret), {
+    status: 402,
+    code: 'budget_exceeded',
+    message: /daily budget is spent \(10 of 10 tokens\)/,
+  })
+  t.equal(upstream.requests.length, 2, 'B did not call the upstream')
 })
 
 t.test('team proxy, redisFailure closed: 503 service_unavailable while its Redis is down', async (t) => {

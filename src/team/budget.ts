@@ -1,11 +1,14 @@
 import { periodStartMs } from './cost.js'
+import type { BudgetPeriod } from './key-fields.js'
 import type { KeyRecord } from './keys.js'
 
 /**
- * What each key has spent in its current budget period. A key's spend is read from the usage store
- * once per period (its first request after the start, or after this process started), then kept up
- * to date in memory as requests end, so the request path never queries the store for it. The
- * fleet swaps in a ledger whose counters live in Redis, behind the same interface.
+ * A key's budget for the period a request falls in, and what the key has spent in it. The limiter
+ * checks the budget as part of admission (the Redis limiter inside its one round trip) and adds a
+ * finished request's spend when it settles. The memory ledger here reads a key's spend from the
+ * usage store once per period (its first request after the start, or after this process started)
+ * and keeps it up to date as requests end; the Redis limiter keeps the fleet's counter in Redis,
+ * seeded from the same store read, and uses this ledger only while Redis is down.
  */
 
 export interface Spend {
@@ -13,11 +16,23 @@ export interface Spend {
   readonly usd: number
 }
 
+/** One key's budget in one period: what admission checks and what a finished request adds to. */
+export interface BudgetWindow {
+  readonly keyId: string
+  readonly period: BudgetPeriod
+  /** Wall-clock ms (UTC) the period started: 0 for `total`. */
+  readonly startMs: number
+  /** Null for no token budget. */
+  readonly tokens: number | null
+  /** Null for no USD budget. */
+  readonly usd: number | null
+}
+
 export interface BudgetLedger {
-  /** The key's spend in the period `atMs` falls in. */
-  spent(key: KeyRecord, atMs: number): Promise<Spend>
+  /** The key's spend in the window's period. */
+  spent(window: BudgetWindow): Promise<Spend>
   /** Counts a finished request's tokens and cost (unknown counts add nothing). */
-  add(key: KeyRecord, atMs: number, tokens: number | null, usd: number | null): void
+  add(window: BudgetWindow, tokens: number | null, usd: number | null): void
 }
 
 /** Reads a key's recorded spend since a moment (the usage store's summary). */
@@ -27,16 +42,24 @@ export type BudgetVerdict =
   | { readonly ok: true }
   | { readonly ok: false; readonly unit: 'tokens' | 'usd'; readonly spent: number; readonly budget: number }
 
-/** A budget admits a request while spent < budget; the request that crosses it is served and recorded. */
-export function budgetVerdict(key: KeyRecord, spend: Spend): BudgetVerdict {
-  if (key.budgetTokens !== null && spend.tokens >= key.budgetTokens)
-    return { ok: false, unit: 'tokens', spent: spend.tokens, budget: key.budgetTokens }
-  if (key.budgetUsd !== null && spend.usd >= key.budgetUsd) return { ok: false, unit: 'usd', spent: spend.usd, budget: key.budgetUsd }
-  return { ok: true }
+/** The key's budget window for a request received at `atMs`; undefined for a key without a budget. */
+export function budgetWindow(key: KeyRecord, atMs: number): BudgetWindow | undefined {
+  if (key.budgetTokens === null && key.budgetUsd === null) return undefined
+  return {
+    keyId: key.id,
+    period: key.budgetPeriod,
+    startMs: periodStartMs(key.budgetPeriod, atMs),
+    tokens: key.budgetTokens,
+    usd: key.budgetUsd,
+  }
 }
 
-export function hasBudget(key: KeyRecord): boolean {
-  return key.budgetTokens !== null || key.budgetUsd !== null
+/** A budget admits a request while spent < budget; the request that crosses it is served and recorded. */
+export function budgetVerdict(window: BudgetWindow, spend: Spend): BudgetVerdict {
+  if (window.tokens !== null && spend.tokens >= window.tokens)
+    return { ok: false, unit: 'tokens', spent: spend.tokens, budget: window.tokens }
+  if (window.usd !== null && spend.usd >= window.usd) return { ok: false, unit: 'usd', spent: spend.usd, budget: window.usd }
+  return { ok: true }
 }
 
 interface Tally {
@@ -50,16 +73,16 @@ const MAX_TALLIES = 50_000
 export function createMemoryBudgetLedger(spendSince: SpendSince): BudgetLedger {
   const tallies = new Map<string, Tally>()
   const loading = new Map<string, Promise<Tally>>()
-  const tallyKey = (key: KeyRecord, atMs: number) => `${key.id}:${key.budgetPeriod}:${periodStartMs(key.budgetPeriod, atMs)}`
+  const tallyKey = (window: BudgetWindow) => `${window.keyId}:${window.period}:${window.startMs}`
 
   return {
-    async spent(key, atMs) {
-      const id = tallyKey(key, atMs)
+    async spent(window) {
+      const id = tallyKey(window)
       const known = tallies.get(id)
       if (known !== undefined) return known
       let pending = loading.get(id)
       if (pending === undefined) {
-        pending = spendSince(key.id, new Date(periodStartMs(key.budgetPeriod, atMs)))
+        pending = spendSince(window.keyId, new Date(window.startMs))
           .then((stored) => {
             const tally = { tokens: stored.tokens, usd: stored.usd }
             tallies.set(id, tally)
@@ -71,9 +94,8 @@ export function createMemoryBudgetLedger(spendSince: SpendSince): BudgetLedger {
       }
       return pending
     },
-    add(key, atMs, tokens, usd) {
-      if (!hasBudget(key)) return
-      const tally = tallies.get(tallyKey(key, atMs))
+    add(window, tokens, usd) {
+      const tally = tallies.get(tallyKey(window))
       // A period never read has nothing to keep up to date: its first read takes the stored records
       // (a key's first request in a period waits for that read before it is admitted).
       if (tally === undefined) return
@@ -82,3 +104,6 @@ export function createMemoryBudgetLedger(spendSince: SpendSince): BudgetLedger {
     },
   }
 }
+
+/** For limiters made without a store (tests): no spend recorded before this process. */
+export const NOTHING_SPENT_BEFORE: SpendSince = async () => ({ tokens: 0, usd: 0 })

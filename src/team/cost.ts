@@ -73,3 +73,11 @@ export function periodStartMs(period: BudgetPeriod, atMs: number): number {
       return 0
   }
 }
+
+/** When the period after the one `atMs` falls in starts (UTC). */
+export function nextPeriodStartMs(period: 'day' | 'week' | 'month', atMs: number): number {
+  const start = new Date(periodStartMs(period, atMs))
+  if (period === 'day') return start.getTime() + 86_400_000
+  if (period === 'week') return start.getTime() + 7 * 86_400_000
+  return Date.UTC(start.getUTCFullYear(), start.getUTCMonth() + 1, 1)
+}

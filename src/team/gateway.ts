@@ -3,8 +3,8 @@ import { type ProxyError, proxyError } from '../errors.js'
 import { abortFailure } from '../failures.js'
 import type { RequestSignal } from '../request-clock.js'
 import type { StreamEnding } from '../streaming/sse.js'
-import { type BudgetLedger, budgetVerdict, hasBudget } from './budget.js'
-import { costUsd, type ModelPrice, periodStartMs, priceOf, pricesFromModelList } from './cost.js'
+import { budgetWindow } from './budget.js'
+import { costUsd, type ModelPrice, nextPeriodStartMs, priceOf, pricesFromModelList } from './cost.js'
 import type { KeyCache } from './key-cache.js'
 import { effectiveLimits, hashSecret, type KeyLimits, type KeyRecord, keyStatus, SECRET_PREFIX } from './keys.js'
 import type { Admission, KeyLimiter, Permit, RateLimitHeaders } from './limiter.js'
@@ -32,7 +32,6 @@ export interface TeamGatewayDeps {
   readonly findKeyBySecretHash: (secretHash: string) => Promise<KeyRecord | undefined>
   readonly keyCache: KeyCache<KeyRecord>
   readonly limiter: KeyLimiter
-  readonly budgets: BudgetLedger
   readonly usage: UsageWriter<UsageRecord>
   readonly metrics: TeamMetrics
   readonly log: TeamGatewayLog
@@ -173,16 +172,13 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
 
     async admit(chat: ChatBody, signal: RequestSignal, deadlineAtMs: number): Promise<void> {
       const key = this.key as KeyRecord
-      if (hasBudget(key)) {
-        const verdict = budgetVerdict(key, await deps.budgets.spent(key, this.receivedAtWallMs))
-        if (!verdict.ok) throw this.refuse(budgetRefusal(key, verdict.unit, verdict.spent, verdict.budget, this.receivedAtWallMs))
-      }
       const admission = await deps.limiter.admit({
         keyId: key.id,
         limits: this.limits as KeyLimits,
         estimatedTokens: estimatedTokens(chat.body.length, chat.parsed),
         signal,
         deadlineAtMs,
+        budget: budgetWindow(key, this.receivedAtWallMs),
       })
       if (admission.ok) {
         this.permit = admission.permit
@@ -190,13 +186,15 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
         return
       }
       if (admission.limit === 'aborted') throw abortFailure(signal.reason ?? 'client_gone')
+      if (admission.limit === 'budget') {
+        throw this.refuse(budgetRefusal(key, admission.unit, admission.spent, admission.budget, this.receivedAtWallMs))
+      }
       if (admission.limit === 'unavailable') {
-        throw this.refuse(
-          proxyError(
-            'service_unavailable',
-            "The gateway cannot check this key's limits right now (the limits store is unavailable); try again shortly",
-          ),
-        )
+        const why =
+          admission.what === 'limits'
+            ? "The gateway cannot check this key's limits right now (the limits store is unavailable); try again shortly"
+            : "The gateway cannot check this key's budget right now (the usage store is unavailable); try again shortly"
+        throw this.refuse(proxyError('service_unavailable', why))
       }
       throw this.refuse(limitRefusal(admission, this.limits as KeyLimits))
     }
@@ -226,9 +224,8 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
       const servedBy = end.servedBy ?? null
       const cost = servedBy === null ? null : costUsd(usage, priceFor(servedBy, key.budgetUsd !== null))
       const totalTokens = usage?.totalTokens ?? null
-      this.permit?.settle(totalTokens ?? undefined)
+      this.permit?.settle(totalTokens ?? undefined, cost)
       this.permit?.release()
-      deps.budgets.add(key, this.receivedAtWallMs, totalTokens, cost)
       const endedAtMs = now()
       deps.usage.record({
         time: new Date(this.receivedAtWallMs),
@@ -319,7 +316,7 @@ function endingOf(end: RequestEnd, streamEnding: StreamEnding | undefined): Usag
 
 const LIMIT_WORDS = { rpm: 'requests per minute', tpm: 'tokens per minute', concurrency: 'requests at once' } as const
 
-function limitRefusal(admission: Admission & { ok: false; limit: 'rpm' | 'tpm' | 'concurrency' }, limits: KeyLimits): ProxyError {
+function limitRefusal(admission: Extract<Admission, { retryAfterMs: number }>, limits: KeyLimits): ProxyError {
   const allowed = admission.limit === 'rpm' ? limits.rpm : admission.limit === 'tpm' ? limits.tpm : limits.maxConcurrent
   return proxyError(
     'key_rate_limit_exceeded',
@@ -336,10 +333,3 @@ function budgetRefusal(key: KeyRecord, unit: 'tokens' | 'usd', spent: number, bu
 }
 
 const PERIOD_WORDS = { day: 'daily', week: 'weekly', month: 'monthly', total: 'total' } as const
-
-function nextPeriodStartMs(period: 'day' | 'week' | 'month', atMs: number): number {
-  const start = new Date(periodStartMs(period, atMs))
-  if (period === 'day') return start.getTime() + 86_400_000
-  if (period === 'week') return start.getTime() + 7 * 86_400_000
-  return Date.UTC(start.getUTCFullYear(), start.getUTCMonth() + 1, 1)
-}

@@ -1,12 +1,14 @@
 import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible'
 import type { RequestSignal } from '../request-clock.js'
+import { type BudgetLedger, type BudgetWindow, budgetVerdict, createMemoryBudgetLedger, NOTHING_SPENT_BEFORE } from './budget.js'
 import { createKeyQueue } from './key-queue.js'
 import type { KeyLimits } from './keys.js'
 
 /**
- * A member key's request-time limits: requests per minute, tokens per minute (reserve an estimate,
- * settle to the real count) and requests in flight. rpm and tpm are rate-limiter-flexible's memory
- * limiters, per replica (redis-limiter.ts shares them across a fleet); concurrency is a counter. Over rpm or concurrency
+ * A member key's request-time limits: its budget for the period, requests per minute, tokens per
+ * minute (reserve an estimate, settle to the real count) and requests in flight. rpm and tpm are
+ * rate-limiter-flexible's memory limiters and the budget a memory ledger, per replica
+ * (redis-limiter.ts shares them across a fleet); concurrency is a counter. Over rpm or concurrency
  * a request may wait its turn in a bounded FIFO per key (`maxQueueWaitMs`), within its deadline, and
  * leaves the queue at once when its client does.
  */
@@ -27,12 +29,15 @@ export interface AdmitRequest {
   readonly signal: RequestSignal
   /** Monotonic ms (the request clock's): no queued wait outlasts it. */
   readonly deadlineAtMs: number
+  /** The key's budget in the request's period; undefined when it has none. */
+  readonly budget?: BudgetWindow | undefined
 }
 
-/** An admitted request: settle its tokens once known, release its concurrency slot when it ends. */
+/** An admitted request: settle its tokens and cost once known, release its concurrency slot when it ends. */
 export interface Permit {
   readonly headers: RateLimitHeaders
-  settle(actualTokens: number | undefined): void
+  /** The real token count settles tpm; tokens and cost count toward the budget (unknown adds nothing). */
+  settle(actualTokens: number | undefined, costUsd?: number | null): void
   release(): void
 }
 
@@ -46,9 +51,13 @@ export type Admission =
       readonly retryAfterSeconds: number
       readonly headers: RateLimitHeaders
     }
+  | { readonly ok: false; readonly limit: 'budget'; readonly unit: 'tokens' | 'usd'; readonly spent: number; readonly budget: number }
   | { readonly ok: false; readonly limit: 'aborted' }
-  /** The shared limits store (Redis) is down and `team.redisFailure` is `closed`. */
-  | { readonly ok: false; readonly limit: 'unavailable' }
+  /**
+   * `limits`: the shared limits store (Redis) is down and `team.redisFailure` is `closed`;
+   * `budget`: the key's spend for the period is not known yet and the usage store cannot tell it.
+   */
+  | { readonly ok: false; readonly limit: 'unavailable'; readonly what: 'limits' | 'budget' }
 
 export interface KeyLimiter {
   admit(request: AdmitRequest): Promise<Admission>
@@ -61,6 +70,8 @@ export interface KeyLimiterOptions {
   readonly now: () => number
   /** The rpm / tpm window. @default 60 */
   readonly windowSeconds?: number
+  /** Budgets per replica. @default a ledger that knows of no spend before this process */
+  readonly budgets?: BudgetLedger
 }
 
 /** The memory limiter's check-and-take, without the queue: the Redis limiter's fallback too. */
@@ -79,10 +90,12 @@ export function createKeyLimiter(options: KeyLimiterOptions): KeyLimiter {
 
 export function createMemoryAdmitter(options: {
   readonly windowSeconds?: number
+  readonly budgets?: BudgetLedger
   /** A permit released its concurrency slot. */
   readonly onSlotFreed: (keyId: string) => void
 }): MemoryAdmitter {
   const windowSeconds = options.windowSeconds ?? 60
+  const budgets = options.budgets ?? createMemoryBudgetLedger(NOTHING_SPENT_BEFORE)
   // rate-limiter-flexible fixes `points` per limiter, so there is one limiter per distinct limit.
   const rpmLimiters = new Map<number, RateLimiterMemory>()
   const tpmLimiters = new Map<number, RateLimiterMemory>()
@@ -109,7 +122,17 @@ export function createMemoryAdmitter(options: {
   }
 
   async function tryAdmit(request: AdmitRequest): Promise<Admission> {
-    const { keyId, limits } = request
+    const { keyId, limits, budget } = request
+    if (budget !== undefined) {
+      let spend: Awaited<ReturnType<BudgetLedger['spent']>>
+      try {
+        spend = await budgets.spent(budget)
+      } catch {
+        return { ok: false, limit: 'unavailable', what: 'budget' }
+      }
+      const verdict = budgetVerdict(budget, spend)
+      if (!verdict.ok) return { ok: false, limit: 'budget', unit: verdict.unit, spent: verdict.spent, budget: verdict.budget }
+    }
     const headers: RateLimitHeaders = {}
     // The slot is taken before the first await, so simultaneous requests cannot all see it free.
     const running = inFlight.get(keyId) ?? 0
@@ -141,9 +164,11 @@ export function createMemoryAdmitter(options: {
       ok: true,
       permit: {
         headers,
-        settle(actualTokens) {
-          if (settled || tpm === undefined || actualTokens === undefined) return
+        settle(actualTokens, costUsd) {
+          if (settled) return
           settled = true
+          if (budget !== undefined) budgets.add(budget, actualTokens ?? null, costUsd ?? null)
+          if (tpm === undefined || actualTokens === undefined) return
           const difference = Math.ceil(actualTokens) - reserved
           if (difference > 0) void tpm.penalty(keyId, difference)
           else if (difference < 0) void tpm.reward(keyId, -difference)

@@ -3,7 +3,7 @@ import type { Config } from '../config.js'
 import type { RouteEntry } from '../routes/table.js'
 import type { ModelPauses } from '../upstream/model-pauses.js'
 import { createAdminRoutes } from './admin-routes.js'
-import { createMemoryBudgetLedger } from './budget.js'
+import { createMemoryBudgetLedger, type SpendSince } from './budget.js'
 import { createTeamGateway, type TeamGateway, type TeamGatewayLog } from './gateway.js'
 import { createKeyCache } from './key-cache.js'
 import { createKeyEvents, type KeyEvents } from './key-events.js'
@@ -19,8 +19,8 @@ import { createUsageWriter, type UsageWriterLog } from './usage-writer.js'
 /**
  * Team mode, opened once at startup (main.ts loads this module only when `team.enabled`): the
  * store and its services, and the request path's parts over them — key cache, limiter, budget
- * ledger, usage writer and metrics. The fleet issue swaps the limiter and the ledger for shared
- * ones here, and nowhere else.
+ * ledger, usage writer and metrics. With `team.redisUrl` the limiter (budgets included) is the
+ * Redis one, shared by the replicas; that choice is made here and nowhere else.
  */
 
 export interface TeamMode {
@@ -85,11 +85,16 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     maxQueued: MAX_WAITING_USAGE_RECORDS,
     log: options.log,
   })
+  const spendSince: SpendSince = async (keyId, since) => {
+    const [row] = await service.store.usage.summarizeUsage({ keyId, since: since.toISOString(), by: 'key' })
+    return { tokens: row?.totalTokens ?? 0, usd: row?.costUsd ?? 0 }
+  }
   let redisLimiter: RedisKeyLimiter | undefined
   let modelPauses: RedisModelPauses | undefined
   let limiter: KeyLimiter
   const redisKeyPrefix = options.redisKeyPrefix ?? team.redisKeyPrefix
-  if (team.redisUrl === '') limiter = createKeyLimiter({ maxQueueWaitMs: team.maxQueueWaitMs, now })
+  if (team.redisUrl === '')
+    limiter = createKeyLimiter({ maxQueueWaitMs: team.maxQueueWaitMs, now, budgets: createMemoryBudgetLedger(spendSince) })
   else {
     redisLimiter = createRedisKeyLimiter({
       maxQueueWaitMs: team.maxQueueWaitMs,
@@ -98,6 +103,8 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
       keyPrefix: redisKeyPrefix,
       failure: team.redisFailure,
       log: options.log,
+      spendSince,
+      wallClockNow,
     })
     // Redis down at startup does not stop the proxy: it serves by team.redisFailure and reconnects.
     await redisLimiter.connect()
@@ -114,16 +121,11 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
   }
   metrics.watchUsageQueue(() => usage)
   metrics.watchLimiterQueue(() => limiter.queued())
-  const budgets = createMemoryBudgetLedger(async (keyId, since) => {
-    const [row] = await service.store.usage.summarizeUsage({ keyId, since: since.toISOString(), by: 'key' })
-    return { tokens: row?.totalTokens ?? 0, usd: row?.costUsd ?? 0 }
-  })
   const gateway = createTeamGateway({
     team,
     findKeyBySecretHash: (secretHash) => service.keys.findBySecretHash(secretHash),
     keyCache: createKeyCache<KeyRecord>({ ttlMs: team.keyCacheTtlMs, now }),
     limiter,
-    budgets,
     usage,
     metrics,
     log: options.log,
