@@ -52,6 +52,8 @@ export interface TeamGateway {
   mayUse(key: KeyRecord, model: string): boolean
   /** A key was updated or revoked: the next request reads it again. */
   forgetKey(keyId: string): void
+  /** Drops every cached key (the key-change channel was away: changes may have been missed). */
+  forgetAllKeys(): void
 }
 
 /** What the request log tells a finished request. */
@@ -267,6 +269,7 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
     modelListFor,
     mayUse: modelAllowed,
     forgetKey: (keyId) => keyCache.forget(keyId),
+    forgetAllKeys: () => keyCache.forgetAll(),
   }
 }
 

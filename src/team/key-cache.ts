@@ -16,6 +16,8 @@ export interface KeyCache<K extends CachedKey> {
   fresh(secretHash: string): { readonly key: K | undefined } | undefined
   /** Drops the key (updated or revoked) so the next request reads it again. */
   forget(keyId: string): void
+  /** Drops every key: changes may have been missed. */
+  forgetAll(): void
   readonly size: number
 }
 
@@ -54,6 +56,9 @@ export function createKeyCache<K extends CachedKey>(options: { ttlMs: number; ma
     },
     forget(keyId) {
       for (const [hash, entry] of entries) if (entry.key?.id === keyId) entries.delete(hash)
+    },
+    forgetAll() {
+      entries.clear()
     },
     get size() {
       return entries.size

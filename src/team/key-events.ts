@@ -8,7 +8,9 @@ import { commandConnection, subscriberConnection } from './redis-connection.js'
  * its key cache at once. Without Redis, or while it is down, `keyCacheTtlMs` is the safety net.
  *
  * No command waits on a dead Redis: the publisher has no offline queue and short timeouts; the
- * subscriber reconnects by itself and ioredis resubscribes on reconnect (autoResubscribe).
+ * subscriber reconnects by itself and ioredis resubscribes on reconnect (autoResubscribe). A
+ * change published while this replica's subscriber was away is not delivered later, so on every
+ * reconnect the whole key cache is dropped (`onMissedChanges`): each key is read once more.
  */
 
 export interface KeyEventsLog {
@@ -22,6 +24,8 @@ export interface KeyEventsOptions {
   readonly log: KeyEventsLog
   /** Called with the id of every key changed on any replica (this one included). */
   readonly onKeyChanged: (keyId: string) => void
+  /** The subscriber reconnected: changes may have been missed meanwhile. */
+  readonly onMissedChanges: () => void
   /** @default 1000 */
   readonly connectTimeoutMs?: number
 }
@@ -46,7 +50,7 @@ function publisherFor(redisUrl: string, connectTimeoutMs: number, reconnect: boo
 }
 
 export function createKeyEvents(options: KeyEventsOptions): KeyEvents {
-  const { log, onKeyChanged } = options
+  const { log, onKeyChanged, onMissedChanges } = options
   const channel = keyEventsChannel(options.keyPrefix)
   const connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS
   const publisher = publisherFor(options.redisUrl, connectTimeoutMs, true)
@@ -57,6 +61,19 @@ export function createKeyEvents(options: KeyEventsOptions): KeyEvents {
   })
   let closing = false
   let subscribed: Promise<unknown> | undefined
+  let wasReady = false
+  let away = false
+  subscriber.on('ready', () => {
+    if (away) {
+      away = false
+      onMissedChanges()
+      log.info({ channel }, 'key changes channel back: cached keys dropped, since changes made meanwhile were not received')
+    }
+    wasReady = true
+  })
+  subscriber.on('close', () => {
+    if (wasReady && !closing) away = true
+  })
 
   return {
     async connect() {

@@ -140,6 +140,7 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
       keyPrefix: redisKeyPrefix,
       log: options.log,
       onKeyChanged: (keyId) => gateway.forgetKey(keyId),
+      onMissedChanges: () => gateway.forgetAllKeys(),
     })
     await keyEvents.connect()
   }
