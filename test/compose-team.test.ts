@@ -352,7 +352,8 @@ const headerLines = composeText
   .filter((line) => line.startsWith('#'))
   .map((line) => line.replace(/^#\s?/, ''))
 
-const dockerfile = runtimeStage(join(ROOT, buildContextOf(service('gateway-a'))?.context ?? '.', 'Dockerfile'))
+/** The repository's Dockerfile, which the gateways are checked to build. */
+const dockerfile = runtimeStage(join(ROOT, 'Dockerfile'))
 
 /** The service whose image is `<prefix>:…` (postgres, redis, nginx). */
 const byImage = (prefix: string) => serviceNames.find((name) => String(service(name).image ?? '').startsWith(`${prefix}:`))
