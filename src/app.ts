@@ -4,6 +4,7 @@ import type { DestinationStream, Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { createFallbackChain } from './chat/fallback-chain.js'
 import type { Config } from './config.js'
+import { createStreamContinuer } from './continuation/continuation.js'
 import { breakerVerdict } from './failures.js'
 import { registerFrontDoor } from './front-door.js'
 import { Lifecycle } from './lifecycle.js'
@@ -95,15 +96,15 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   // A fleet (team mode with Redis) shares a 429's pushback: the model is paused on every replica.
   // One proxy on its own keeps round 1's behaviour: each request retries within its own pushback.
   const pauses = team?.modelPauses ?? NO_MODEL_PAUSES
-  const chain = createFallbackChain({
-    retrier: createRetrier({ ...retrierDeps, breakers, pauses, wallClockNow }),
-    fallbacks: config.fallbacks,
-    metrics,
-  })
+  const chatRetrier = createRetrier({ ...retrierDeps, breakers, pauses, wallClockNow })
+  const chain = createFallbackChain({ retrier: chatRetrier, fallbacks: config.fallbacks, metrics })
+  const continuer = config.streams.continuation.enabled
+    ? createStreamContinuer({ config: config.streams.continuation, retrier: chatRetrier, metrics, now, inFlight: lifecycle.waiting })
+    : undefined
   const auth = createUpstreamAuth(config.apiKey)
   const routeDeps = { auth, budget, lifecycle, metrics, config, now }
 
-  const chat = createChatCompletionsHandler({ ...routeDeps, chain, team: team?.gateway })
+  const chat = createChatCompletionsHandler({ ...routeDeps, chain, team: team?.gateway, continuer })
   const models = createModelsHandlers({
     ...routeDeps,
     team: team?.gateway,

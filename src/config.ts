@@ -73,6 +73,13 @@ export const CONFIG_SCHEMA = Type.Object(
       cacheTtlMs: ms(60000),
       staleIfErrorMs: ms(86400000),
     }),
+    streams: section({
+      continuation: section({
+        enabled: Type.Boolean({ default: false }),
+        prefillModels: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, maxItems: 100, default: ['*'] }),
+        maxContinuations: Type.Integer({ minimum: 1, maximum: 5, default: 1 }),
+      }),
+    }),
     server: section({
       bodyLimitBytes: Type.Integer({ minimum: 1024, default: 10485760 }),
       drainTimeoutMs: ms(30000),

@@ -19,6 +19,8 @@ export interface Metrics {
   breakerState(model: string, state: BreakerState): void
   breakerEvicted(model: string): void
   streamEnding(model: string, ending: StreamEnding): void
+  /** A cut or stalled stream continued on `model`: started, then succeeded, refused (4xx) or failed. */
+  streamContinuation(model: string, outcome: 'started' | 'succeeded' | 'refused' | 'failed'): void
   upstreamLatency(model: string, seconds: number): void
   modelsCache(result: 'HIT' | 'MISS' | 'STALE'): void
 }
@@ -79,6 +81,12 @@ export function createMetrics(knownModels: readonly string[], maxModelLabels = 1
     name: `${prefix}stream_endings_total`,
     help: 'How streams ended: done, done_added, cut, stalled, client_gone, drained',
     labelNames: ['model', 'ending'],
+    registers: [registry],
+  })
+  const continuations = new Counter({
+    name: `${prefix}stream_continuations_total`,
+    help: 'Cut or stalled streams continued on a model (streams.continuation): started, succeeded, refused (4xx), failed',
+    labelNames: ['model', 'outcome'],
     registers: [registry],
   })
   const latency = new Histogram({
@@ -142,6 +150,7 @@ export function createMetrics(knownModels: readonly string[], maxModelLabels = 1
     },
     breakerEvicted: (model) => breakerGauge.remove({ model: modelLabel(model) }),
     streamEnding: (model, ending) => streamEndings.inc({ model: modelLabel(model), ending }),
+    streamContinuation: (model, outcome) => continuations.inc({ model: modelLabel(model), outcome }),
     upstreamLatency(model, seconds) {
       const label = modelLabel(model)
       let child = latencyChildren.get(label)

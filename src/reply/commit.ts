@@ -1,7 +1,7 @@
 import type { OutgoingHttpHeaders } from 'node:http'
 import type { FastifyReply } from 'fastify'
 import { forwardableResponseHeaders, headerSafe } from '../http-headers.js'
-import { type ChunkTap, type RelayedStream, relayStream } from '../streaming/sse.js'
+import { type ChunkTap, type RelayedStream, type ResumeStream, relayStream } from '../streaming/sse.js'
 import type { Served } from '../upstream/attempt.js'
 
 /**
@@ -18,8 +18,10 @@ export interface CommitOptions {
   readonly streamIdleTimeoutMs: number
   /** Team mode: the key's own `x-ratelimit-*`, which replace the upstream's (those describe the shared key). */
   readonly rateLimitHeaders?: Readonly<Record<string, string>> | undefined
-  /** Team mode: sees a stream's chunks before the client (the usage tap). */
+  /** Sees a stream's chunks before the client (team mode's usage tap, continuation's text tap). */
   readonly tap?: ChunkTap | undefined
+  /** Stream continuation: the next part of a stream cut after its commit. */
+  readonly resume?: ResumeStream | undefined
 }
 
 /** Sends the answer; for a stream, returns it as it is being relayed (its ending is known later). */
@@ -42,7 +44,7 @@ export function commit(reply: FastifyReply, served: Served, options: CommitOptio
   // for a hijacked reply; request-log.ts records the request when the response closes.
   reply.hijack()
   reply.raw.writeHead(response.statusCode, reply.getHeaders() as OutgoingHttpHeaders)
-  return relayStream(response.body, firstChunks, reply.raw, options.streamIdleTimeoutMs, options.tap)
+  return relayStream(response.body, firstChunks, reply.raw, options.streamIdleTimeoutMs, options.tap, options.resume)
 }
 
 /** Drops the upstream's `x-ratelimit-*` and sets the key's own in their place. */

@@ -1,6 +1,7 @@
 import type { FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
-import { parseChatRequest, withBody } from '../chat/chat-request.js'
+import { modelChain, parseChatRequest, withBody } from '../chat/chat-request.js'
 import type { ChainOutcome, FallbackChain } from '../chat/fallback-chain.js'
+import type { StreamContinuer } from '../continuation/continuation.js'
 import type { Failure } from '../failures.js'
 import type { Metrics } from '../metrics.js'
 import { commit } from '../reply/commit.js'
@@ -21,10 +22,12 @@ export interface ChatRouteDeps extends UpstreamRouteDeps {
   readonly chain: FallbackChain
   /** Team mode's gateway; undefined in the local and sidecar modes. */
   readonly team: TeamGateway | undefined
+  /** With `streams.continuation.enabled`: continues a stream cut after its commit. */
+  readonly continuer: StreamContinuer | undefined
 }
 
 export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerMethod {
-  const { chain, lifecycle, metrics, config, team } = deps
+  const { chain, lifecycle, metrics, config, team, continuer } = deps
 
   return async function chatCompletions(request: FastifyRequest, reply: FastifyReply) {
     const member = team?.begin(request.id, request.receivedAtMs)
@@ -41,12 +44,13 @@ export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerM
     }
     const started = startUpstreamRequest(deps, request, { model: chat.model, hasBody: true, followClient: reply.raw })
     const { headers, clock, trace } = started
+    const path = `/chat/completions${querySuffix(request.url)}`
     let outcome: ChainOutcome
     try {
       if (member !== undefined) await member.admit(chat, clock.signal, clock.deadlineAtMs)
       outcome = await chain.run({
         chat,
-        path: `/chat/completions${querySuffix(request.url)}`,
+        path,
         headers,
         clock,
         trace,
@@ -62,13 +66,30 @@ export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerM
     trace.servedBy = outcome.model
     const streamed = outcome.served.firstChunks !== undefined
     if (member !== undefined && !streamed) member.answered(outcome.served.body)
+    const usageTap = member !== undefined && streamed ? member.streamTap() : undefined
+    const continuation =
+      continuer !== undefined && streamed
+        ? continuer.forStream({
+            chat,
+            chain: modelChain(chat, config.fallbacks, member?.allows),
+            model: outcome.model,
+            path,
+            headers,
+            deadlineAtMs: clock.deadlineAtMs,
+            response: reply.raw,
+            trace,
+            log: request.log,
+            innerTap: usageTap,
+          })
+        : undefined
     const stream = commit(reply, outcome.served, {
       model: outcome.model,
       attempts: clock.attempts,
       secret: config.apiKey,
       streamIdleTimeoutMs: config.upstream.streamIdleTimeoutMs,
       rateLimitHeaders,
-      tap: member !== undefined && streamed ? member.streamTap() : undefined,
+      tap: continuation?.tap ?? usageTap,
+      resume: continuation?.resume,
     })
     if (stream !== undefined) {
       request.relayedStream = stream

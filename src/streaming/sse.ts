@@ -125,11 +125,19 @@ export interface ChunkTap {
 }
 
 /**
+ * What a stream cut or stalled after its commit may be continued with (stream continuation):
+ * the next part, its first event read, or undefined for the error event.
+ */
+export type ResumeStream = (
+  cut: Failure,
+) => Promise<{ readonly response: { readonly body: Body }; readonly firstChunks: readonly Buffer[] | undefined } | undefined>
+
+/**
  * Relays a committed stream: the chunks already read, then the rest of the body, written straight
  * to the destination with backpressure (pause on a full buffer, resume on drain) — no extra
  * stream in between — while the bytes are scanned for `finish_reason` and `[DONE]`. When the body
  * ends or fails, the ending is decided: nothing added after `[DONE]`, `[DONE]` added after a
- * finish, otherwise one error event.
+ * finish, otherwise one error event — or, with `resume`, the next part relayed in its place.
  */
 export function relayStream(
   body: Body,
@@ -137,26 +145,12 @@ export function relayStream(
   destination: StreamDestination,
   idleTimeoutMs: number,
   tap?: ChunkTap,
+  resume?: ResumeStream,
 ): RelayedStream {
-  const relay = new SseRelay(body, destination, tap)
-  // After commit the client's leaving is seen on the destination, so an error here is the upstream's.
-  body.on('error', (error: unknown) =>
-    relay.finish(transportFailure(error, { phase: 'relay', connectTimeoutMs: 0, timeoutMs: idleTimeoutMs, bodyTimeoutMs: idleTimeoutMs })),
-  )
-  body.on('end', () => relay.finish(undefined))
+  const relay = new SseRelay(destination, idleTimeoutMs, tap, resume)
   destination.on('drain', () => relay.drained())
   destination.once('close', () => relay.destinationClosed())
-  for (const chunk of firstChunks) relay.forward(chunk)
-  body.on('data', (chunk: Buffer) => relay.forward(chunk))
-  if (body.errored) {
-    relay.finish(failure('stream_cut'))
-  } else if (body.readableEnded) {
-    // The whole body arrived with the first event and its 'end' has already been emitted.
-    relay.finish(undefined)
-  } else if (!relay.isEnded && !relay.waitingForDrain) {
-    // awaitFirstEvent left the body explicitly paused, which a new 'data' listener does not undo.
-    body.resume()
-  }
+  relay.attach(body, firstChunks)
   return relay
 }
 
@@ -173,18 +167,51 @@ class SseRelay implements RelayedStream {
   private tail: Buffer | undefined = undefined
   private atLineStart = true
   private tailStartsLine = false
-  private readonly body: Body
+  private body: Body | undefined = undefined
   private readonly destination: StreamDestination
+  private readonly idleTimeoutMs: number
   private readonly tap: ChunkTap | undefined
+  private readonly resume: ResumeStream | undefined
   private resolveEnded: (ending: StreamEnding) => void = ignoreError
 
-  constructor(body: Body, destination: StreamDestination, tap: ChunkTap | undefined) {
-    this.body = body
+  constructor(destination: StreamDestination, idleTimeoutMs: number, tap: ChunkTap | undefined, resume: ResumeStream | undefined) {
     this.destination = destination
+    this.idleTimeoutMs = idleTimeoutMs
     this.tap = tap
+    this.resume = resume
     this.ended = new Promise((resolve) => {
       this.resolveEnded = resolve
     })
+  }
+
+  /** Relays `body` from here on: the stream's first part, or a continuation in place of a cut one. */
+  attach(body: Body, firstChunks: readonly Buffer[]): void {
+    this.body = body
+    // After commit the client's leaving is seen on the destination, so an error here is the upstream's.
+    body.on('error', (error: unknown) => {
+      if (body !== this.body) return
+      const context = { phase: 'relay', connectTimeoutMs: 0, timeoutMs: this.idleTimeoutMs, bodyTimeoutMs: this.idleTimeoutMs } as const
+      this.finish(transportFailure(error, context))
+    })
+    body.on('end', () => {
+      if (body === this.body) this.finish(undefined)
+    })
+    for (const chunk of firstChunks) this.forward(chunk)
+    // Without continuation a stream has one body, so its chunks need no check of which body they are from.
+    if (this.resume === undefined) body.on('data', (chunk: Buffer) => this.forward(chunk))
+    else
+      body.on('data', (chunk: Buffer) => {
+        if (body === this.body) this.forward(chunk)
+      })
+    if (body.errored) {
+      this.finish(failure('stream_cut'))
+    } else if (body.readableEnded) {
+      // The whole body arrived with the first event and its 'end' has already been emitted.
+      this.finish(undefined)
+    } else if (!this.isEnded && !this.waitingForDrain) {
+      // awaitFirstEvent left the body explicitly paused, which a new 'data' listener does not undo.
+      body.resume()
+    }
   }
 
   forward(chunk: Buffer): void {
@@ -194,36 +221,68 @@ class SseRelay implements RelayedStream {
     const forwarded = this.tap === undefined ? chunk : this.tap.push(chunk)
     if (forwarded.length > 0 && !this.destination.write(forwarded)) {
       this.waitingForDrain = true
-      this.body.pause()
+      this.body?.pause()
     }
   }
 
   drained(): void {
     this.waitingForDrain = false
-    this.body.resume()
+    this.body?.resume()
   }
 
   /** The body ended (failure undefined) or failed; what the client gets last is decided here. */
   finish(failed: Failure | undefined): void {
     if (this.isEnded) return
-    this.flushTap()
     if (this.sawDone) {
+      this.flushTap()
       this.report('done')
       this.destination.end()
     } else if (this.finished) {
       // A finished stream whose [DONE] never came (or that was cut after its finish) is complete.
+      this.flushTap()
       this.report('done_added')
       this.destination.end(DONE_EVENT)
+    } else if (this.resume !== undefined) {
+      this.continueAfter(failed ?? failure('stream_cut'), this.resume)
     } else {
-      const cut = failed ?? failure('stream_cut')
-      this.report(ENDING_OF_KIND[cut.kind] ?? 'cut')
-      this.destination.end(errorEvent(cut))
+      this.endWith(failed ?? failure('stream_cut'))
     }
+  }
+
+  /**
+   * A cut or stall with a way to continue: the cut part's socket is closed (a stalled one would
+   * otherwise linger) and, while the next part is asked for, nothing is written; it is then relayed
+   * from its first event, or the stream ends with this cut's error event.
+   */
+  private continueAfter(cut: Failure, resume: ResumeStream): void {
+    if (this.body !== undefined) discardBody(this.body)
+    this.body = undefined
+    this.tail = undefined
+    this.atLineStart = true
+    resume(cut).then(
+      (next) => {
+        if (this.isEnded) {
+          if (next !== undefined) discardBody(next.response.body)
+        } else if (next === undefined) {
+          this.endWith(cut)
+        } else {
+          this.attach(next.response.body, next.firstChunks ?? [])
+        }
+      },
+      () => this.endWith(cut),
+    )
+  }
+
+  private endWith(cut: Failure): void {
+    if (this.isEnded) return
+    this.flushTap()
+    this.report(ENDING_OF_KIND[cut.kind] ?? 'cut')
+    this.destination.end(errorEvent(cut))
   }
 
   interrupt(failed: Failure): void {
     if (this.isEnded) return
-    discardBody(this.body)
+    if (this.body !== undefined) discardBody(this.body)
     this.flushTap()
     this.report(ENDING_OF_KIND[failed.kind] ?? 'cut')
     this.destination.end(errorEvent(failed))
@@ -236,7 +295,7 @@ class SseRelay implements RelayedStream {
 
   destinationClosed(): void {
     if (this.isEnded) return
-    discardBody(this.body)
+    if (this.body !== undefined) discardBody(this.body)
     this.report('client_gone')
   }
 

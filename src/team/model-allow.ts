@@ -1,17 +1,7 @@
-/**
- * The allow-list match: exact ids, or globs where `*` is any run of characters (slashes included,
- * so `google/*` and `*-flash` both work) and `?` one character. Written here rather than taken from
- * picomatch: model ids are not paths, and five lines need no dependency.
- */
-const compiled = new WeakMap<readonly string[], readonly RegExp[]>()
+import { globToRegExp } from '../model-glob.js'
 
-function globToRegExp(glob: string): RegExp {
-  const pattern = glob
-    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
-    .replaceAll('*', '.*')
-    .replaceAll('?', '.')
-  return new RegExp(`^${pattern}$`)
-}
+/** The allow-list match (model-glob.ts), compiled once per key record. */
+const compiled = new WeakMap<readonly string[], readonly RegExp[]>()
 
 /** True when the key may use the model; an empty list allows every model. */
 export function modelAllowed(record: { readonly models: readonly string[] }, model: string): boolean {

@@ -1,3 +1,5 @@
+import { EMPTY, endsAnEvent, lastEventEnd, nextEventEnd, parseEventData } from '../streaming/sse-events.js'
+
 /**
  * Where a request's token counts come from: the `usage` of a JSON answer, or, for a stream, its
  * usage chunk. A stream only carries one when `stream_options.include_usage` is set, so in team mode
@@ -120,8 +122,6 @@ function isJsonSpace(byte: number | undefined): boolean {
   return byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09
 }
 
-const EVENT_END = Buffer.from('\n\n')
-const EVENT_END_CRLF = Buffer.from('\r\n\r\n')
 const USAGE_KEY = Buffer.from('"usage"')
 
 /**
@@ -172,46 +172,14 @@ export class StreamUsageTap {
       const stop = end === -1 ? complete.length : end
       const event = complete.subarray(start, stop)
       start = stop
-      const chunk = event.indexOf(USAGE_KEY) === -1 ? undefined : parseData(event)
+      const chunk =
+        event.indexOf(USAGE_KEY) === -1 ? undefined : (parseEventData(event) as { usage?: unknown; choices?: unknown } | undefined)
       const usage = usageOf(chunk?.usage)
       if (usage !== undefined) this.usage = usage
       const usageOnly = usage !== undefined && Array.isArray(chunk?.choices) && chunk.choices.length === 0
       if (!(this.dropInjected && usageOnly)) kept.push(event)
     }
     return Buffer.concat(kept)
-  }
-}
-
-/** Where the event starting at `from` ends, its blank line included; -1 when it has not yet. */
-function nextEventEnd(bytes: Buffer, from: number): number {
-  const lf = bytes.indexOf(EVENT_END, from)
-  const crlf = bytes.indexOf(EVENT_END_CRLF, from)
-  if (lf === -1) return crlf === -1 ? -1 : crlf + EVENT_END_CRLF.length
-  return crlf === -1 || lf < crlf ? lf + EVENT_END.length : crlf + EVENT_END_CRLF.length
-}
-
-function endsAnEvent(bytes: Buffer): boolean {
-  const n = bytes.length
-  return (
-    n >= 2 && bytes[n - 1] === 0x0a && (bytes[n - 2] === 0x0a || (bytes[n - 2] === 0x0d && bytes[n - 3] === 0x0a && bytes[n - 4] === 0x0d))
-  )
-}
-
-/** The length of the complete events at the start of `bytes`, or -1 when there is none. */
-function lastEventEnd(bytes: Buffer): number {
-  const lf = bytes.lastIndexOf(EVENT_END)
-  const crlf = bytes.lastIndexOf(EVENT_END_CRLF)
-  return Math.max(lf === -1 ? -1 : lf + EVENT_END.length, crlf === -1 ? -1 : crlf + EVENT_END_CRLF.length)
-}
-
-function parseData(event: Buffer): { usage?: unknown; choices?: unknown } | undefined {
-  const text = event.toString('utf8')
-  const at = text.indexOf('data:')
-  if (at === -1) return undefined
-  try {
-    return JSON.parse(text.slice(at + 5).trim()) as { usage?: unknown; choices?: unknown }
-  } catch {
-    return undefined
   }
 }
 
@@ -228,5 +196,3 @@ function usageOf(value: unknown): TokenUsage | undefined {
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
-
-const EMPTY = Buffer.alloc(0)
