@@ -1,12 +1,8 @@
-import { execFileSync } from 'node:child_process'
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { request } from 'undici'
 import { expectErrorShape } from './helpers/assert-error.js'
 import { completion, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
+import { privatePostgres, privatePostgresSkip as skip } from './helpers/postgres.js'
 import { GATEWAY_KEY, startProxy } from './helpers/proxy.js'
 
 /**
@@ -17,64 +13,6 @@ import { GATEWAY_KEY, startProxy } from './helpers/proxy.js'
  */
 
 const MODEL = 'google/gemini-3.5-flash'
-const binDir = existsSync('/usr/lib/postgresql')
-  ? readdirSync('/usr/lib/postgresql')
-      .map((version) => join('/usr/lib/postgresql', version, 'bin'))
-      .find((dir) => existsSync(join(dir, 'initdb')))
-  : undefined
-const inCi = process.env.CI !== undefined && process.env.CI !== ''
-const skip = binDir === undefined && !inCi ? 'PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql' : false
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
-    })
-  })
-}
-
-/** A PostgreSQL cluster of this test's own on a free port, removed after it. */
-async function privatePostgres(t: Test) {
-  if (binDir === undefined) throw new Error('PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql')
-  const dir = mkdtempSync(join(tmpdir(), 'toprouter-pg-'))
-  const asRoot = process.getuid?.() === 0
-  if (asRoot) {
-    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }))
-    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }))
-    chownSync(dir, uid, gid)
-  }
-  const run = (tool: string, args: string[]) =>
-    asRoot
-      ? execFileSync('runuser', ['-u', 'postgres', '--', join(binDir, tool), ...args], { stdio: 'pipe' })
-      : execFileSync(join(binDir, tool), args, { stdio: 'pipe' })
-  const data = join(dir, 'data')
-  const port = await freePort()
-  run('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync'])
-  const start = () =>
-    run('pg_ctl', [
-      '-D',
-      data,
-      '-w',
-      '-l',
-      join(dir, 'log'),
-      '-o',
-      `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
-      'start',
-    ])
-  const stop = () => run('pg_ctl', ['-D', data, '-w', '-m', 'immediate', 'stop'])
-  start()
-  t.teardown(() => {
-    try {
-      stop()
-    } catch {
-      // already stopped
-    }
-    rmSync(dir, { recursive: true, force: true })
-  })
-  return { url: `postgres://postgres@127.0.0.1:${port}/postgres`, start, stop }
-}
-
 function chat(url: string, secret: string) {
   return request(`${url}/chat/completions`, {
     method: 'POST',

@@ -1,7 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process'
-import { once } from 'node:events'
-import { createServer } from 'node:net'
-import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import type { BudgetWindow, Spend, SpendSince } from '../src/team/budget.js'
@@ -12,7 +8,7 @@ import { expectErrorShape } from './helpers/assert-error.js'
 import { completion, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { ask, now } from './helpers/limits.js'
 import { startTeamProxy } from './helpers/proxy.js'
-import { needSharedRedis, prefixFor, SHARED_REDIS } from './helpers/redis.js'
+import { needRedisServer, needSharedRedis, prefixFor, privateRedis, SHARED_REDIS } from './helpers/redis.js'
 
 /**
  * The Redis-backed limiter as a fleet sees it: two limiter instances ("replicas") on one Redis
@@ -295,62 +291,13 @@ t.test('the store down while a period is unseeded: the budget cannot be checked 
   t.ok((await a.limiter.admit(ask({ rpm: 5 }))).ok, 'a key without a budget is served')
 })
 
-/** A redis-server of this test's own on a free port, to kill and restart. */
-async function privateRedis(t: Test): Promise<{ url: string; kill(): Promise<void>; start(): Promise<void> }> {
-  const port = await freePort()
-  let child: ChildProcess | undefined
-  const start = async () => {
-    child = spawn(
-      'redis-server',
-      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no'],
-      {
-        stdio: 'ignore',
-      },
-    )
-    const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 })
-    probe.on('error', () => {})
-    for (let i = 0; i < 100; i++) {
-      try {
-        await probe.connect()
-        await probe.ping()
-        probe.disconnect()
-        return
-      } catch {
-        await sleep(50)
-      }
-    }
-    throw new Error(`redis-server on port ${port} did not start`)
-  }
-  const kill = async () => {
-    const running = child
-    child = undefined
-    if (running === undefined || running.exitCode !== null) return
-    const exited = once(running, 'exit')
-    running.kill('SIGKILL')
-    await exited
-  }
-  t.teardown(kill)
-  await start()
-  return { url: `redis://127.0.0.1:${port}`, kill, start }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
-    })
-  })
-}
-
 async function gauge(registry: ReturnType<typeof createTeamMetrics>['registry']): Promise<number | undefined> {
   const metric = await registry.getSingleMetric('toprouter_proxy_redis_up')?.get()
   return metric?.values[0]?.value
 }
 
 t.test('redisFailure open: Redis killed → per-replica limits, gauge 0, one warn; back → shared again, gauge 1, one info', async (t) => {
+  if (!needRedisServer(t)) return
   const redis = await privateRedis(t)
   const prefix = prefixFor(t, redis.url)
   const a = await replica(t, prefix, { redisUrl: redis.url })
@@ -403,6 +350,7 @@ t.test('redisFailure open: Redis killed → per-replica limits, gauge 0, one war
 t.test(
   'redisFailure open, a budget: while Redis is down each replica reads the spend from the store; back → the shared counter, seeded again',
   async (t) => {
+    if (!needRedisServer(t)) return
     const redis = await privateRedis(t)
     const prefix = prefixFor(t, redis.url)
     let recorded: Spend = { tokens: 0, usd: 0 }
@@ -433,6 +381,7 @@ t.test(
 )
 
 t.test('redisFailure open: Redis down at startup does not stop it; it connects when Redis comes', async (t) => {
+  if (!needRedisServer(t)) return
   const redis = await privateRedis(t)
   await redis.kill()
   const a = await replica(t, prefixFor(t, redis.url), { redisUrl: redis.url })
@@ -447,6 +396,7 @@ t.test('redisFailure open: Redis down at startup does not stop it; it connects w
 })
 
 t.test('redisFailure closed: admissions are unavailable while Redis is down, shared once it is back', async (t) => {
+  if (!needRedisServer(t)) return
   const redis = await privateRedis(t)
   const a = await replica(t, prefixFor(t, redis.url), { redisUrl: redis.url, failure: 'closed' })
   t.ok((await a.limiter.admit(ask({ rpm: 5 }))).ok)
@@ -531,6 +481,7 @@ t.test('two team proxies: a token budget spent through A is refused on B (402), 
 })
 
 t.test('team proxy, redisFailure closed: 503 service_unavailable while its Redis is down', async (t) => {
+  if (!needRedisServer(t)) return
   const redis = await privateRedis(t)
   const upstream = await upstreamFor(t)
   const proxy = await startTeamProxy(t, {
@@ -560,6 +511,7 @@ t.test('team proxy, redisFailure closed: 503 service_unavailable while its Redis
 t.test(
   'team proxy, redisFailure open: served per replica while Redis is down, /readyz degraded; shared again once it is back',
   async (t) => {
+    if (!needRedisServer(t)) return
     const redis = await privateRedis(t)
     const upstream = await upstreamFor(t)
     const proxy = await startTeamProxy(t, {

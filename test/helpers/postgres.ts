@@ -1,6 +1,11 @@
+import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import pg from 'pg'
 import type { Test } from 'tap'
+import { freePort } from './free-port.js'
 import type { StoreFixture } from './team-store-cases.js'
 
 /**
@@ -76,4 +81,77 @@ export async function freshDatabase(t: Test): Promise<StoreFixture & { readonly 
       }
     },
   }
+}
+
+/** The directory of the PostgreSQL server binaries (initdb, pg_ctl), for {@link privatePostgres}. */
+const binDir = existsSync('/usr/lib/postgresql')
+  ? readdirSync('/usr/lib/postgresql')
+      .map((version) => join('/usr/lib/postgresql', version, 'bin'))
+      .find((dir) => existsSync(join(dir, 'initdb')))
+  : undefined
+const BINARIES_MISSING = 'PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql'
+
+/**
+ * The tap `skip` option of the tests that start a private cluster: outside CI when the server
+ * binaries are missing, with a message naming them. In CI it is false: privatePostgres then fails.
+ */
+export const privatePostgresSkip: string | false =
+  binDir === undefined && (process.env.CI === undefined || process.env.CI === '') ? BINARIES_MISSING : false
+
+export interface PrivatePostgres {
+  /** Its `postgres` database. */
+  readonly url: string
+  /** Starts it again (waits until it accepts connections). */
+  start(): void
+  /** Stops it at once (`-m immediate`: open connections are cut, as in a crash). */
+  stop(): void
+}
+
+/**
+ * A PostgreSQL cluster of this test's own (initdb + pg_ctl on a free port, run as the postgres
+ * system user when the test runs as root, since PostgreSQL refuses root), to stop and start
+ * mid-test without touching the shared server; stopped and removed after the test.
+ */
+export async function privatePostgres(t: Test): Promise<PrivatePostgres> {
+  const bin = binDir
+  if (bin === undefined) throw new Error(BINARIES_MISSING)
+  const dir = mkdtempSync(join(tmpdir(), 'toprouter-pg-'))
+  const asRoot = process.getuid?.() === 0
+  if (asRoot) {
+    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }))
+    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }))
+    chownSync(dir, uid, gid)
+  }
+  const run = (tool: string, args: string[]) =>
+    asRoot
+      ? execFileSync('runuser', ['-u', 'postgres', '--', join(bin, tool), ...args], { stdio: 'pipe' })
+      : execFileSync(join(bin, tool), args, { stdio: 'pipe' })
+  const data = join(dir, 'data')
+  const port = await freePort()
+  run('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync'])
+  const start = () => {
+    run('pg_ctl', [
+      '-D',
+      data,
+      '-w',
+      '-l',
+      join(dir, 'log'),
+      '-o',
+      `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
+      'start',
+    ])
+  }
+  const stop = () => {
+    run('pg_ctl', ['-D', data, '-w', '-m', 'immediate', 'stop'])
+  }
+  start()
+  t.teardown(() => {
+    try {
+      stop()
+    } catch {
+      // already stopped
+    }
+    rmSync(dir, { recursive: true, force: true })
+  })
+  return { url: `postgres://postgres@127.0.0.1:${port}/postgres`, start, stop }
 }

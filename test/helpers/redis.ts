@@ -1,5 +1,8 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
+import { once } from 'node:events'
 import { Redis } from 'ioredis'
 import type { Test } from 'tap'
+import { freePort } from './free-port.js'
 
 /**
  * The shared Redis of the Redis tests: 127.0.0.1:6379 (CI has it; outside CI the tests skip
@@ -64,4 +67,65 @@ export async function listen(t: Test, channel: string): Promise<string[]> {
   t.teardown(() => subscriber.disconnect())
   await subscriber.subscribe(channel)
   return messages
+}
+
+const redisServerInstalled = spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).error === undefined
+
+/**
+ * False (the test skipped, or failed under CI) when there is no `redis-server` on the PATH to
+ * start a {@link privateRedis} with.
+ */
+export function needRedisServer(t: Test): boolean {
+  if (redisServerInstalled) return true
+  const message = 'redis-server is not on the PATH (the Redis fault tests start a private one)'
+  if (process.env.CI) t.fail(message)
+  else t.plan(0, message)
+  return false
+}
+
+export interface PrivateRedis {
+  readonly url: string
+  /** SIGKILLs it (its data is gone: it keeps nothing on disk). */
+  kill(): Promise<void>
+  /** Starts it again on the same port, empty; resolves once it answers PING. */
+  start(): Promise<void>
+}
+
+/** A redis-server of this test's own on a free port, to kill and restart; killed after the test. */
+export async function privateRedis(t: Test): Promise<PrivateRedis> {
+  const port = await freePort()
+  let child: ChildProcess | undefined
+  const start = async () => {
+    child = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no'],
+      {
+        stdio: 'ignore',
+      },
+    )
+    const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 })
+    probe.on('error', () => {})
+    for (let i = 0; i < 100; i++) {
+      try {
+        await probe.connect()
+        await probe.ping()
+        probe.disconnect()
+        return
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+    }
+    throw new Error(`redis-server on port ${port} did not start`)
+  }
+  const kill = async () => {
+    const running = child
+    child = undefined
+    if (running === undefined || running.exitCode !== null || running.signalCode !== null) return
+    const exited = once(running, 'exit')
+    running.kill('SIGKILL')
+    await exited
+  }
+  t.teardown(kill)
+  await start()
+  return { url: `redis://127.0.0.1:${port}`, kill, start }
 }
