@@ -12,6 +12,7 @@ import { resultsBaseName, writeResults } from './lib/report/files.js'
 import { machineInfo } from './lib/report/machine.js'
 import { markdown } from './lib/report/markdown.js'
 import { problemsOf } from './lib/report/problems.js'
+import { redisSummary } from './lib/report/redis.js'
 import type { Report } from './lib/report/report.js'
 import { teamComparison } from './lib/report/team.js'
 import { measureTargets } from './lib/targets.js'
@@ -25,6 +26,8 @@ import { measureTargets } from './lib/targets.js'
  *   proxy   node dist/main.js, default config, LOG_LEVEL=info to a file, TOPROUTER_API_KEY set
  *   team    the same in team mode: a fresh SQLite store, one gateway key as the clients' Bearer
  *           token, usage recorded (then checked: one row per request answered for the key)
+ *   team-redis  team mode with rpm / tpm / concurrency in Redis (its own redis-server), Redis
+ *           commands per request counted by phase (more than the limiter sends fails the run)
  *   direct  again, to show how much the machine drifted during the run
  *
  * Then the memory phase if asked for, then the report. Flags: see lib/cli.ts and bench/README.md.
@@ -59,7 +62,9 @@ async function main(): Promise<void> {
     memory = { ...measured, log: summariseLog(logFile) }
   }
 
-  const teamVsLocal = teamComparison(targets)
+  const teamVsLocal = teamComparison(targets, 'team')
+  const teamRedisVsLocal = teamComparison(targets, 'team-redis')
+  const redisCommands = redisSummary(targets)
   const report: Report = {
     timestamp: new Date().toISOString(),
     mode: options.mode,
@@ -68,6 +73,8 @@ async function main(): Promise<void> {
     upstream,
     targets,
     ...(teamVsLocal === undefined ? {} : { teamVsLocal }),
+    ...(teamRedisVsLocal === undefined ? {} : { teamRedisVsLocal }),
+    ...(redisCommands === undefined ? {} : { redisCommands }),
     ...(memory === undefined ? {} : { memory }),
     problems: problemsOf(targets, memory),
     wallSeconds: (performance.now() - wallStart) / 1000,

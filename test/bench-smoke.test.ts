@@ -4,9 +4,10 @@ import t from 'tap'
 
 /**
  * CI does not run the full benchmark, but it runs its smoke (a couple of seconds of every phase
- * against direct, proxy and team) so the bench cannot rot: it must start every process, drive every
- * phase, see no error or non-2xx, find one usage row per request the team key made, and write its
- * tables, the team target's ratios to the local proxy among them.
+ * against direct, proxy, team and team-redis) so the bench cannot rot: it must start every process
+ * (team-redis's own redis-server too), drive every phase, see no error or non-2xx, find one usage
+ * row per request each team key made, count team-redis's Redis commands per request, and write its
+ * tables, the team targets' ratios to the local proxy among them.
  */
 
 t.test('npm run bench:smoke runs every phase end to end with no errors', { timeout: 180_000 }, async (t) => {
@@ -60,12 +61,63 @@ t.test('npm run bench:smoke runs every phase end to end with no errors', { timeo
     (usage?.usageRows ?? 0) > 0 && usage?.usageRows === usage?.answeredRequests,
     `usage rows ${usage?.usageRows} = answered ${usage?.answeredRequests}`,
   )
+
+  // team-redis: team mode with its limits in its own redis-server, reported against local mode too.
+  t.match(result.stdout, /\[team-redis\] \(a\) non-streaming/, 'the team-redis target ran its phases')
+  t.match(result.stdout, /^\| team-redis \|/m, 'team-redis has its rows in the phase tables')
+  t.match(result.stdout, /^\| \*\*team-redis ÷ proxy\*\* \|/m, 'and its team-redis ÷ proxy ratio rows')
+  t.match(result.stdout, /## Team mode with Redis-backed limits ÷ local mode/, 'the team-redis section is in the markdown')
+  t.match(
+    result.stdout,
+    /\| \(a\) CPU µs per non-streaming request \| [^|]+ \| [^|]+ \| [\d.]+× \| ≤ 1\.25× \|/,
+    'team-redis CPU per request over local, goal shown',
+  )
+  t.match(
+    result.stdout,
+    /\| \(d\) unloaded p50 ms, non-streaming \| [^|]+ \| [^|]+ \| [+−][\d.]+ ms \| ≤ \+0\.3 ms \|/,
+    'team-redis p50 added, goal shown',
+  )
+  t.match(result.stdout, /### Redis commands per request/, 'the Redis commands table is in the markdown')
+  const redisUsage = json.teamRedisVsLocal?.usage
+  t.ok(
+    redisUsage?.ok === true && redisUsage.usageRows > 0 && redisUsage.usageRows === redisUsage.answeredRequests,
+    `team-redis usage rows ${redisUsage?.usageRows} = answered ${redisUsage?.answeredRequests}`,
+  )
+  const rows = json.redisCommands?.rows ?? []
+  t.equal(rows.length, 6, 'a Redis row for each load: (a), (b), (c), (d) requests, (d) streams, (e)')
+  for (const { row, chat, counts } of rows) {
+    t.ok(counts.quiet && counts.failedCalls === 0 && counts.answered > 0, `${row}: quiet, no failed Redis calls, requests answered`)
+    if (chat) t.ok(counts.sentPerRequest > 0 && counts.sentPerRequest <= 3, `${row}: ${counts.sentPerRequest} Redis commands per request`)
+  }
+  // One at a time, every request completes: admission (EVALSHA), tpm settle (EVALSHA), slot release (ZREM).
+  const unloaded = rows.find((r) => r.row === '(d) unloaded, non-streaming')?.counts
+  t.same(
+    { sentPerRequest: unloaded?.sentPerRequest, evalsha: unloaded?.byCommand.evalsha, zrem: unloaded?.byCommand.zrem },
+    { sentPerRequest: 3, evalsha: 2 * (unloaded?.answered ?? 0), zrem: unloaded?.answered },
+    'unloaded: exactly 2 EVALSHA and 1 ZREM per request',
+  )
 })
+
+interface Comparison {
+  readonly figures: { readonly figure: string; readonly value: number; readonly goal: number | null }[]
+  readonly usage?: { readonly ok: boolean; readonly usageRows: number; readonly answeredRequests: number }
+}
 
 interface SmokeReport {
   readonly targets: { readonly label: string }[]
-  readonly teamVsLocal?: {
-    readonly figures: { readonly figure: string; readonly value: number; readonly goal: number | null }[]
-    readonly usage?: { readonly ok: boolean; readonly usageRows: number; readonly answeredRequests: number }
+  readonly teamVsLocal?: Comparison
+  readonly teamRedisVsLocal?: Comparison
+  readonly redisCommands?: {
+    readonly rows: {
+      readonly row: string
+      readonly chat: boolean
+      readonly counts: {
+        readonly answered: number
+        readonly sentPerRequest: number
+        readonly byCommand: Readonly<Record<string, number>>
+        readonly failedCalls: number
+        readonly quiet: boolean
+      }
+    }[]
   }
 }

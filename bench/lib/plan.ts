@@ -17,15 +17,19 @@ export interface Connections {
   readonly models: number
 }
 
-/** `team` is the proxy in team mode (lib/team-target.ts), compared with `proxy`, the local mode. */
-export type TargetName = 'direct' | 'floor' | 'proxy' | 'team'
+/**
+ * `team` is the proxy in team mode (lib/team-target.ts), compared with `proxy`, the local mode;
+ * `team-redis` is team mode with its limits in Redis (its own redis-server, lib/redis-server.ts).
+ */
+export type TargetName = 'direct' | 'floor' | 'proxy' | 'team' | 'team-redis'
 
 export interface BenchPlan {
   readonly phases: PhasePlan
   readonly connections: Connections
   /**
    * Measured one after another; `direct` twice in a full run, the second time to show drift; `team`
-   * right after `proxy`, so the two modes are compared on the machine as it was a minute apart.
+   * and `team-redis` right after `proxy`, so the modes are compared on the machine as it was a
+   * minute or two apart.
    */
   readonly targets: readonly TargetName[]
   readonly autocannonSampleMs: number
@@ -49,7 +53,7 @@ export function benchPlan(options: { readonly smoke: boolean; readonly durationS
         modelsS: 0.2,
       },
       connections: CONNECTIONS,
-      targets: ['direct', 'proxy', 'team'],
+      targets: ['direct', 'proxy', 'team', 'team-redis'],
       // autocannon stops on its sampling tick, so fractional durations need a finer tick.
       autocannonSampleMs: 100,
       pauseBetweenPhasesMs: 50,
@@ -67,7 +71,7 @@ export function benchPlan(options: { readonly smoke: boolean; readonly durationS
       modelsS: options.durationS / 2,
     },
     connections: CONNECTIONS,
-    targets: ['direct', 'floor', 'proxy', 'team', 'direct'],
+    targets: ['direct', 'floor', 'proxy', 'team', 'team-redis', 'direct'],
     autocannonSampleMs: 1000,
     pauseBetweenPhasesMs: 500,
   }

@@ -55,7 +55,18 @@ export interface ProxyCommand {
 /** Starts the real proxy (default config unless `configPath`); its pino log goes to `logFile`. */
 export async function startProxy(command: ProxyCommand, upstreamUrl: string, logFile: string, configPath?: string): Promise<BenchProcess> {
   const env: NodeJS.ProcessEnv = { ...process.env }
-  for (const name of ['HOST', 'PORT', 'TOPROUTER_BASE_URL', 'TOPROUTER_PROXY_CONFIG', 'LOG_LEVEL', 'NODE_OPTIONS']) delete env[name]
+  // The store and Redis URLs too: from the environment they would override the team targets' config.
+  for (const name of [
+    'HOST',
+    'PORT',
+    'TOPROUTER_BASE_URL',
+    'TOPROUTER_PROXY_CONFIG',
+    'TOPROUTER_PROXY_STORE_URL',
+    'TOPROUTER_PROXY_REDIS_URL',
+    'LOG_LEVEL',
+    'NODE_OPTIONS',
+  ])
+    delete env[name]
   env.LOG_LEVEL = 'info'
   env.TOPROUTER_API_KEY = API_KEY
   const logFd = openSync(logFile, 'w')

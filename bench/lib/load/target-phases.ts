@@ -59,6 +59,7 @@ export async function measureTargetPhases(
       streamCpuUsPerStream: unloadedStream.cpuUsPerReq,
       badStreams: unloadedStream.extra.badStreams ?? 0,
     },
+    ...(unloadedStream.redis === undefined ? {} : { redisStreams: unloadedStream.redis }),
   }
   await pause()
 

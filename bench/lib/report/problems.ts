@@ -1,9 +1,11 @@
 import type { MemoryResult } from '../memory-phase.js'
 import type { TargetResult } from '../targets.js'
+import { redisProblems } from './redis.js'
 
 /**
- * Errors, non-2xx responses, warn/error log lines, streams that never flowed, and (team target) usage
- * rows that do not match the requests answered; any of them fails the run.
+ * Errors, non-2xx responses, warn/error log lines, streams that never flowed, (team targets) usage
+ * rows that do not match the requests answered, and (team-redis) Redis commands per request outside
+ * what the limiter sends (report/redis.ts); any of them fails the run.
  */
 export function problemsOf(targets: TargetResult[], memory: MemoryResult | undefined): string[] {
   const problems: string[] = []
@@ -18,7 +20,8 @@ export function problemsOf(targets: TargetResult[], memory: MemoryResult | undef
     if (target.log !== undefined && target.log.warnOrWorse > 0) {
       problems.push(`${target.label}: ${target.log.warnOrWorse} warn/error log lines, e.g. ${target.log.sample[0] ?? ''}`)
     }
-    if (target.target === 'team') {
+    if (target.target === 'team-redis') problems.push(...redisProblems(target))
+    if (target.target === 'team' || target.target === 'team-redis') {
       const usage = target.usage
       if (usage === undefined) problems.push(`${target.label}: no usage check was made`)
       else if (!usage.ok) {

@@ -101,6 +101,8 @@ export function phaseTable(id: PhaseId, targets: TargetResult[]): string {
   ratioRow('**proxy ÷ floor**', byName('proxy'), byName('floor'))
   ratioRow('**proxy ÷ direct**', byName('proxy'), byName('direct'))
   ratioRow('**team ÷ proxy**', byName('team'), byName('proxy'))
+  ratioRow('**team-redis ÷ proxy**', byName('team-redis'), byName('proxy'))
+  ratioRow('**team-redis ÷ team**', byName('team-redis'), byName('team'))
   ratioRow('drift: direct (end) ÷ direct', byName('direct (end)'), byName('direct'))
   return rows.join('\n')
 }
