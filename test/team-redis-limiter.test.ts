@@ -1,3 +1,5 @@
+import { request as httpRequest } from 'node:http'
+import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import type { BudgetWindow, Spend, SpendSince } from '../src/team/budget.js'
@@ -478,6 +480,40 @@ t.test('two team proxies: a token budget spent through A is refused on B (402), 
     message: /daily budget is spent \(10 of 10 tokens\)/,
   })
   t.equal(upstream.requests.length, 2, 'B did not call the upstream')
+})
+
+t.test('a client gone while its admission is on its way to Redis: the slot it was given is freed, not held to the deadline', async (t) => {
+  if (!needRedisServer(t)) return
+  const redis = await privateRedis(t)
+  const upstream = await upstreamFor(t)
+  const redisKeyPrefix = prefixFor(t, redis.url)
+  const proxy = await startTeamProxy(t, { upstreamUrl: upstream.url, config: { team: { redisUrl: redis.url } }, redisKeyPrefix })
+  const alice = await proxy.createKey({ name: 'alice', maxConcurrent: 1 })
+  const blocker = new Redis(redis.url, { maxRetriesPerRequest: 0 })
+  t.teardown(() => blocker.disconnect())
+  // Redis busy for 150 ms (under the limiter's 200 ms command timeout): the admission waits for it.
+  const busy = blocker.eval(
+    "local s = redis.call('TIME') local t0 = s[1] * 1000000 + s[2] while true do local n = redis.call('TIME') if n[1] * 1000000 + n[2] - t0 > 150000 then break end end return 1",
+    0,
+  )
+  await sleep(10)
+  const client = httpRequest(`${proxy.url}/chat/completions`, {
+    method: 'POST',
+    agent: false,
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${alice.secret}` },
+  })
+  client.on('error', () => {})
+  client.end(JSON.stringify({ model: 'google/gemini-3.5-flash', messages: [{ role: 'user', content: 'hi' }] }))
+  await sleep(40)
+  client.destroy()
+  await busy
+  await sleep(100)
+  const slots = await blocker.zcard(`${redisKeyPrefix}limit:{${alice.id}}:slots`)
+  t.equal(slots, 0, 'no slot left behind')
+  const next = await chat(proxy.url, alice.secret)
+  t.equal(next.statusCode, 200, 'the key (maxConcurrent 1) is served at once')
+  await next.body.dump()
+  t.equal(upstream.requests.length, 1, 'the abandoned request never went upstream')
 })
 
 t.test('team proxy, redisFailure closed: 503 service_unavailable while its Redis is down', async (t) => {

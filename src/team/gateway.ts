@@ -183,6 +183,13 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
         budget: budgetWindow(key, this.receivedAtWallMs),
       })
       if (admission.ok) {
+        if (this.finished) {
+          // The client left while the admission was on its way (a Redis round trip): the request
+          // has been finished and recorded already, so nothing else would free what it was given.
+          admission.permit.settle(0)
+          admission.permit.release()
+          throw abortFailure(signal.reason ?? 'client_gone')
+        }
         this.permit = admission.permit
         this.rateLimitHeaders = admission.permit.headers
         return
