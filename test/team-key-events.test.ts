@@ -6,7 +6,7 @@ import { runTeamCli } from '../src/team/cli.js'
 import { keyEventsChannel } from '../src/team/key-events.js'
 import { completion, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startTeamProxy, type TestTeamProxy } from './helpers/proxy.js'
-import { listen, needSharedRedis, prefixFor, SHARED_REDIS } from './helpers/redis.js'
+import { listen, needRedisServer, needSharedRedis, prefixFor, privateRedis, SHARED_REDIS } from './helpers/redis.js'
 
 /**
  * Key changes across replicas: two team proxies on one SQLite file and one Redis, each caching
@@ -34,10 +34,10 @@ async function statusOf(url: string, secret: string, model = MODEL): Promise<{ s
   return { status: res.statusCode, code: body.error?.code }
 }
 
-/** Polls until B answers `status`; resolves with the ms it took, or undefined after AT_ONCE_MS. */
-async function untilStatus(url: string, secret: string, status: number, model = MODEL): Promise<number | undefined> {
+/** Polls until B answers `status`; resolves with the ms it took, or undefined after `withinMs`. */
+async function untilStatus(url: string, secret: string, status: number, model = MODEL, withinMs = AT_ONCE_MS): Promise<number | undefined> {
   const started = performance.now()
-  while (performance.now() - started < AT_ONCE_MS) {
+  while (performance.now() - started < withinMs) {
     if ((await statusOf(url, secret, model)).status === status) return performance.now() - started
     await sleep(10)
   }
@@ -150,4 +150,29 @@ t.test('the CLI with Redis down: the change is made, one warning on stderr, exit
   t.match(stderr, /warning: could not tell the running proxies through Redis .*keyCacheTtlMs/)
   t.equal(stderr.trimEnd().split('\n').length, 1, 'one line')
   t.equal((await proxy.team.service.keys.getKey('dave')).rpm, 7, 'the change is in the store')
+})
+
+t.test('a change made while B could not hear it: B drops its cached keys when its Redis connection is back', async (t) => {
+  if (!needRedisServer(t)) return
+  const redis = await privateRedis(t)
+  const upstream = await startFakeUpstream(t, async (_req, res) => sendJson(res, 200, completion(MODEL)))
+  const redisKeyPrefix = prefixFor(t, redis.url)
+  const b = await startTeamProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { team: { redisUrl: redis.url, keyCacheTtlMs: KEY_CACHE_TTL_MS } },
+    redisKeyPrefix,
+  })
+  const erin = await b.createKey({ name: 'erin' })
+  t.equal((await statusOf(b.url, erin.secret)).status, 200, 'cached on B')
+  await redis.kill()
+  // Revoked in the store while Redis is down: the message is never sent, so B cannot hear it.
+  await b.team.service.keys.revokeKey('erin')
+  t.equal((await statusOf(b.url, erin.secret)).status, 200, 'B still trusts its cache while Redis is away')
+  await redis.start()
+  const took = await untilStatus(b.url, erin.secret, 401, MODEL, 5_000)
+  t.ok(
+    took !== undefined,
+    `B refuses it once its subscriber is back (took ${took?.toFixed(0)} ms), not after the ${KEY_CACHE_TTL_MS} ms TTL`,
+  )
+  t.match(b.logText(), /cached keys dropped/)
 })
