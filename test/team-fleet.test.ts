@@ -533,6 +533,27 @@ t.test('one PostgreSQL, one Redis, two replicas started at the same moment on an
     t.equal(upstream.requests.length, callsAtRefusal, 'no call reached the upstream once B refused it')
   })
 
+  await t.test('a budget spent through A is refused on B: 402 budget_exceeded, no upstream call', async (t) => {
+    const dora = await createKey(t, a, { name: 'dora', budgetTokens: 30, budgetPeriod: 'day' })
+    const spent = await send(a, dora.secret)
+    t.equal(spent.status, 200, 'A serves it: nothing spent yet')
+    const tokens = upstream.reported.at(-1)
+    t.ok(
+      tokens !== undefined && tokens.prompt + tokens.completion >= 30,
+      'that one answer spends the whole budget (one request may overshoot)',
+    )
+    await sleep(100) // the spend is added by one Redis command after the answer, not awaited by it
+    const before = upstream.requests.length
+    for (const replica of [b, a]) {
+      await expectErrorShape(t, await sendRaw(replica, dora.secret), {
+        status: 402,
+        code: 'budget_exceeded',
+        message: /daily budget is spent/,
+      })
+    }
+    t.equal(upstream.requests.length, before, 'neither replica called the upstream')
+  })
+
   await t.test('a 429 with Retry-After: 3 seen by A: B makes no call to that model for those 3 s, then calls it again', async (t) => {
     const frank = await createKey(t, b, { name: 'frank' })
     const first = await send(a, frank.secret, { model: PAUSED_MODEL })
