@@ -19,9 +19,11 @@ export interface Connections {
 
 /**
  * `team` is the proxy in team mode (lib/team-target.ts), compared with `proxy`, the local mode;
- * `team-redis` is team mode with its limits in Redis (its own redis-server, lib/redis-server.ts).
+ * `team-redis` is team mode with its limits in Redis (its own redis-server, lib/redis-server.ts);
+ * `continuation` is the local mode with `streams.continuation.enabled` (no stream is cut: what
+ * keeping the text costs a stream that needs no continuation).
  */
-export type TargetName = 'direct' | 'floor' | 'proxy' | 'team' | 'team-redis'
+export type TargetName = 'direct' | 'floor' | 'proxy' | 'continuation' | 'team' | 'team-redis'
 
 export interface BenchPlan {
   readonly phases: PhasePlan
@@ -53,7 +55,7 @@ export function benchPlan(options: { readonly smoke: boolean; readonly durationS
         modelsS: 0.2,
       },
       connections: CONNECTIONS,
-      targets: ['direct', 'proxy', 'team', 'team-redis'],
+      targets: ['direct', 'proxy', 'continuation', 'team', 'team-redis'],
       // autocannon stops on its sampling tick, so fractional durations need a finer tick.
       autocannonSampleMs: 100,
       pauseBetweenPhasesMs: 50,
@@ -71,7 +73,7 @@ export function benchPlan(options: { readonly smoke: boolean; readonly durationS
       modelsS: options.durationS / 2,
     },
     connections: CONNECTIONS,
-    targets: ['direct', 'floor', 'proxy', 'team', 'team-redis', 'direct'],
+    targets: ['direct', 'floor', 'proxy', 'continuation', 'team', 'team-redis', 'direct'],
     autocannonSampleMs: 1000,
     pauseBetweenPhasesMs: 500,
   }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { rmSync } from 'node:fs'
+import { rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import type { CpuWatch } from './load/phase.js'
 import { measureTargetPhases, type TargetPhases } from './load/target-phases.js'
@@ -92,6 +92,12 @@ async function measureTarget(target: TargetName, label: string, upstream: BenchP
   if (target === 'proxy') {
     logFile = join(setup.resultsDir, 'proxy.log')
     proc = await startProxy(setup.proxy, upstream.url, logFile)
+  }
+  if (target === 'continuation') {
+    logFile = join(setup.resultsDir, 'proxy-continuation.log')
+    const configPath = join(setup.resultsDir, '.build', 'continuation.yaml')
+    writeFileSync(configPath, 'streams:\n  continuation:\n    enabled: true\n')
+    proc = await startProxy(setup.proxy, upstream.url, logFile, configPath)
   }
   let result: TargetResult
   try {

@@ -19,6 +19,9 @@ export interface CommandConnectionOptions {
 export function commandConnection(redisUrl: string, options: CommandConnectionOptions): Redis {
   return new Redis(redisUrl, {
     lazyConnect: true,
+    // Commands issued in one event-loop turn go out in one write: under load, one syscall for
+    // many requests' admissions instead of one each (the write was ~10 % of the proxy's CPU).
+    enableAutoPipelining: true,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     commandTimeout: options.commandTimeoutMs,

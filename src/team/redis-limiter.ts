@@ -33,8 +33,8 @@ import { commandConnection } from './redis-connection.js'
  * expires: the request's deadline (plus a little), after which the request has ended anyway. The
  * script drops expired slots before counting, so a replica that dies holding slots leaks them
  * only until their requests' deadlines, never for good. settle (the tpm difference and the
- * budget's spend) and release (the slot) are one command each, fire and forget, off the request
- * path.
+ * budget's spend) and release (the slot), which a finished request does together, are one command,
+ * fire and forget, off the request path.
  *
  * Redis unreachable: `open` → the memory limiter (per-replica limits) until it is back; `closed` →
  * admissions are 'unavailable' (503). One log line per transition. ioredis reconnects by itself;
@@ -130,15 +130,16 @@ end
 return answer('', 0)
 `
 
-// KEYS: tpm counter, budget hash. ARGV: the tpm difference, the budget's tokens, its USD (each 0 for none).
-// Each only into a counter that still exists: a new tpm window starts from its own requests, and a
-// missing budget hash is seeded from the store, which has this request's record.
-const SETTLE_SCRIPT = `
+// KEYS: tpm counter, budget hash, slot set. ARGV: the tpm difference, the budget's tokens, its USD (each 0 for
+// none), the slot id ('' for none). Spend only into a counter that still exists: a new tpm window starts
+// from its own requests, and a missing budget hash is seeded from the store, which has this request's record.
+const FINISH_SCRIPT = `
 if ARGV[1] ~= '0' and redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) end
 if (ARGV[2] ~= '0' or ARGV[3] ~= '0') and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HINCRBY', KEYS[2], 'tokens', ARGV[2])
   redis.call('HINCRBYFLOAT', KEYS[2], 'usd', ARGV[3])
 end
+if ARGV[4] ~= '' then redis.call('ZREM', KEYS[3], ARGV[4]) end
 return 0
 `
 
@@ -169,7 +170,15 @@ interface LimitCommands {
     budgetTokens: string,
     budgetUsd: string,
   ): Promise<AdmitReply>
-  toprouterSettle(tpmKey: string, budgetKey: string, difference: number, tokens: number, usd: number): Promise<number>
+  toprouterFinish(
+    tpmKey: string,
+    budgetKey: string,
+    slotsKey: string,
+    difference: number,
+    tokens: number,
+    usd: number,
+    slotId: string,
+  ): Promise<number>
   toprouterSeed(budgetKey: string, tokens: number, usd: number, ttlMs: number): Promise<number>
 }
 
@@ -189,7 +198,7 @@ export function createRedisKeyLimiter(options: RedisKeyLimiterOptions): RedisKey
   })
   const redis = commandConnection(options.redisUrl, { commandTimeoutMs: options.commandTimeoutMs ?? 200, connectTimeoutMs: 1_000 })
   redis.defineCommand('toprouterAdmit', { numberOfKeys: 4, lua: ADMIT_SCRIPT })
-  redis.defineCommand('toprouterSettle', { numberOfKeys: 2, lua: SETTLE_SCRIPT })
+  redis.defineCommand('toprouterFinish', { numberOfKeys: 3, lua: FINISH_SCRIPT })
   redis.defineCommand('toprouterSeed', { numberOfKeys: 1, lua: SEED_SCRIPT })
   const commands = redis as unknown as Redis & LimitCommands
   let up: boolean | undefined
@@ -294,6 +303,27 @@ export function createRedisKeyLimiter(options: RedisKeyLimiterOptions): RedisKey
     if (refused !== '') return refusal(refused as LimitName, retryMs, headers)
     let settled = false
     let released = false
+    let difference = 0
+    let tokens = 0
+    let usd = 0
+    let releaseSlot = false
+    let sending = false
+    // The settle and the release come together when a request ends: sent as one command, a
+    // microtask later (ahead of any admission the release wakes, on the same connection).
+    const send = () => {
+      sending = false
+      const slot = releaseSlot ? slotId : ''
+      if (difference === 0 && tokens === 0 && usd === 0) {
+        if (slot !== '') redis.zrem(slotsKey, slot).catch(ignore)
+      } else commands.toprouterFinish(tpmKey, budgetKey, slotsKey, difference, tokens, usd, slot).catch(ignore)
+      difference = tokens = usd = 0
+      releaseSlot = false
+    }
+    const sendSoon = () => {
+      if (sending) return
+      sending = true
+      queueMicrotask(send)
+    }
     return {
       ok: true,
       permit: {
@@ -301,17 +331,17 @@ export function createRedisKeyLimiter(options: RedisKeyLimiterOptions): RedisKey
         settle(actualTokens, costUsd) {
           if (settled) return
           settled = true
-          const difference = limits.tpm > 0 && actualTokens !== undefined ? Math.ceil(actualTokens) - reserved : 0
-          const tokens = budget === undefined ? 0 : Math.ceil(actualTokens ?? 0)
-          const usd = budget === undefined ? 0 : (costUsd ?? 0)
-          if (difference !== 0 || tokens !== 0 || usd !== 0)
-            commands.toprouterSettle(tpmKey, budgetKey, difference, tokens, usd).catch(ignore)
+          difference = limits.tpm > 0 && actualTokens !== undefined ? Math.ceil(actualTokens) - reserved : 0
+          tokens = budget === undefined ? 0 : Math.ceil(actualTokens ?? 0)
+          usd = budget === undefined ? 0 : (costUsd ?? 0)
+          if (difference !== 0 || tokens !== 0 || usd !== 0) sendSoon()
         },
         release() {
           if (released || limits.maxConcurrent <= 0) return
           released = true
           // Lost when Redis is down: the slot then expires at its deadline.
-          redis.zrem(slotsKey, slotId).catch(ignore)
+          releaseSlot = true
+          sendSoon()
           queue.wake(keyId)
         },
       },

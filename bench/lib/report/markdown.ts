@@ -1,3 +1,4 @@
+import { continuationSection } from './continuation.js'
 import { fmt, ratio } from './format.js'
 import { redisSection } from './redis.js'
 import type { Report } from './report.js'
@@ -39,13 +40,14 @@ export function markdown(report: Report): string {
       lines.push(`| **proxy ÷ floor** | ${ratio(proxy.peakRssMb, floor.peakRssMb)} | ${ratio(proxy.rssAtEndMb, floor.rssAtEndMb)} | | |`)
     if (proxy !== undefined && direct !== undefined)
       lines.push(`| **proxy ÷ direct** | ${ratio(proxy.peakRssMb, direct.peakRssMb)} | ${ratio(proxy.rssAtEndMb, direct.rssAtEndMb)} | | |`)
-    for (const name of ['team', 'team-redis']) {
+    for (const name of ['continuation', 'team', 'team-redis']) {
       const team = report.targets.find((t) => t.label === name)
       if (team !== undefined && proxy !== undefined)
         lines.push(`| **${name} ÷ proxy** | ${ratio(team.peakRssMb, proxy.peakRssMb)} | ${ratio(team.rssAtEndMb, proxy.rssAtEndMb)} | | |`)
     }
     lines.push('', "`direct`'s memory is the upstream process's (its VmHWM covers everything it served up to then).", '')
   }
+  lines.push(...continuationSection(report.targets))
   if (report.teamVsLocal !== undefined) lines.push(...teamSection(report.teamVsLocal))
   if (report.teamRedisVsLocal !== undefined) lines.push(...teamSection(report.teamRedisVsLocal))
   if (report.redisCommands !== undefined) lines.push(...redisSection(report.redisCommands))

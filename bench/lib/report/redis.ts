@@ -9,15 +9,15 @@ import { fmt } from './format.js'
  * What the proxy sends per chat request (src/team/redis-limiter.ts), with the bench's key (rpm,
  * tpm and maxConcurrent all > 0):
  *   1. admission: one EVALSHA of the admission script (EVAL the first time on a connection) — always;
- *   2. settle: one EVALSHA of the settle script — when tpm > 0 and the answer's token count is known
- *      and differs from the reservation (the fake upstream's 60 / 32 tokens never equal it);
- *   3. release: one ZREM of the request's concurrency slot — when maxConcurrent > 0.
- * So a request that completes costs exactly 3 commands, one cut off without usage (a client closed
- * it when a phase's load stopped) 2 or fewer. More than 3 per request in any phase means something
- * new is on the request path, and fails the run; in (d), one request at a time, every request
- * completes, so anything but exactly 3 fails it (fewer: the limits did not all go through Redis).
+ *   2. finish: one EVALSHA of the finish script, which settles the tpm difference (the fake
+ *      upstream's 60 / 32 tokens never equal the reservation) and releases the concurrency slot
+ *      together — when the request ends (a ZREM alone when there is nothing to settle).
+ * So a request that completes costs exactly 2 commands, one cut off without usage 2 as well (its
+ * release is a ZREM). More than 2 per request in any phase means something new is on the request
+ * path, and fails the run; in (d), one request at a time, every request completes, so anything but
+ * exactly 2 fails it (fewer: the limits did not all go through Redis).
  */
-export const REDIS_SENT_PER_REQUEST_MAX = 3
+export const REDIS_SENT_PER_REQUEST_MAX = 2
 
 export interface RedisRow {
   readonly row: string
@@ -70,9 +70,10 @@ export function redisProblems(target: TargetResult): string[] {
     const sent = `${fmt(perRequest, 3)} Redis commands sent per request (${describe(counts) || 'none'})`
     const max = REDIS_SENT_PER_REQUEST_MAX
     if (!Number.isFinite(perRequest)) problems.push(`${where}: the proxy answered no requests, so no Redis commands per request`)
-    else if (perRequest > max) problems.push(`${where}: ${sent}, more than the ${max} the limiter should send (admission, settle, release)`)
+    else if (perRequest > max)
+      problems.push(`${where}: ${sent}, more than the ${max} the limiter should send (admission; settle + release together)`)
     else if (exact && perRequest !== max)
-      problems.push(`${where}: ${sent}, not the ${max} of a request that completes (admission, settle, release)`)
+      problems.push(`${where}: ${sent}, not the ${max} of a request that completes (admission; settle + release together)`)
   }
   return problems
 }
@@ -95,7 +96,7 @@ export function redisSection(summary: RedisSummary): string[] {
   }
   lines.push(
     '',
-    `A chat request may send at most ${summary.maxSentPerRequest} commands (admission script, tpm settle, slot release; a request cut off without usage sends 2 or fewer): more fails the run, and so does anything but exactly ${summary.maxSentPerRequest} in (d), where every request completes.`,
+    `A chat request may send at most ${summary.maxSentPerRequest} commands (the admission script, then one command that settles the tokens and releases the slot together): more fails the run, and so does anything but exactly ${summary.maxSentPerRequest} in (d), where every request completes.`,
     "_Slots held_: the key's concurrency slots in Redis with the proxy quiet (no request in flight), so slots never released: a request whose client leaves while its admission is in Redis is recorded (finished) before it is admitted, and the slot it then gets is not given back; each expires at its request's deadline + 5 s. They come from the requests autocannon cuts off when a phase (or the warm-up) stops. Shown, not enforced.",
     '',
   )

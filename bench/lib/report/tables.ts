@@ -100,6 +100,7 @@ export function phaseTable(id: PhaseId, targets: TargetResult[]): string {
   }
   ratioRow('**proxy ÷ floor**', byName('proxy'), byName('floor'))
   ratioRow('**proxy ÷ direct**', byName('proxy'), byName('direct'))
+  ratioRow('**continuation ÷ proxy**', byName('continuation'), byName('proxy'))
   ratioRow('**team ÷ proxy**', byName('team'), byName('proxy'))
   ratioRow('**team-redis ÷ proxy**', byName('team-redis'), byName('proxy'))
   ratioRow('**team-redis ÷ team**', byName('team-redis'), byName('team'))

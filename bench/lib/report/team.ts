@@ -124,7 +124,7 @@ const SECTION_HEADS: Record<TeamTargetLabel, readonly string[]> = {
   'team-redis': [
     '## Team mode with Redis-backed limits ÷ local mode (`team-redis` ÷ `proxy`, same run)',
     '',
-    "`team-redis`: `team` with `team.redisUrl` on its own redis-server and a `team.redisKeyPrefix` of its own, and a key that also has a concurrency limit (rpm, tpm and concurrency far above the load, but checked): each request runs the admission script in Redis, settles its tokens and releases its slot. The phase tables' **team-redis ÷ team** rows show what Redis adds to team mode.",
+    "`team-redis`: `team` with `team.redisUrl` on its own redis-server and a `team.redisKeyPrefix` of its own, and a key that also has a concurrency limit (rpm, tpm and concurrency far above the load, but checked): each request runs the admission script in Redis, then one command settles its tokens and releases its slot (ioredis auto-pipelining: the commands of one event-loop turn go out in one write). The phase tables' **team-redis ÷ team** rows show what Redis adds to team mode.",
   ],
 }
 
