@@ -70,24 +70,93 @@ export class StreamTextTap implements ChunkTap {
 
   /** Reads one event; true when it is a continuation's leading role-only chunk, to be dropped. */
   private readEvent(event: Buffer): boolean {
-    const data = parseEventData(event)
-    if (!isRecord(data) || !Array.isArray(data.choices) || data.choices.length === 0) return false
-    const [choice] = data.choices as unknown[]
-    if (data.choices.length > 1 || !isRecord(choice) || (choice.index !== undefined && choice.index !== 0)) {
-      this.plainText = false
-      return false
-    }
-    if (choice.logprobs != null) this.plainText = false
-    const delta = isRecord(choice.delta) ? choice.delta : {}
-    if (delta.tool_calls != null || delta.function_call != null || delta.refusal != null) this.plainText = false
-    const content = typeof delta.content === 'string' ? delta.content : ''
+    const read = scanEvent(event) ?? parseEvent(event)
+    if (read === undefined) return false
+    if (!read.plainText) this.plainText = false
     if (this.awaitingRoleChunk) {
-      if (content === '' && choice.finish_reason == null && this.plainText) return true
+      if (read.content === '' && !read.finished && this.plainText) return true
       this.awaitingRoleChunk = false
     }
-    this.text += content
+    this.text += read.content
     return false
   }
+}
+
+/** What one event says: choice 0's text, whether it is still plain text, whether it finishes. */
+interface EventRead {
+  readonly content: string
+  readonly plainText: boolean
+  readonly finished: boolean
+}
+
+const NOT_PLAIN_KEYS = ['"tool_calls"', '"function_call"', '"refusal"'].map((key) => Buffer.from(key))
+const CONTENT_KEY = Buffer.from('"content":')
+const INDEX_KEY = Buffer.from('"index":')
+const LOGPROBS_KEY = Buffer.from('"logprobs":')
+const FINISH_KEY = Buffer.from('"finish_reason":')
+const NULL = Buffer.from('null')
+const NO_CHOICES = Buffer.from('"choices":[]')
+
+/**
+ * The usual chunk read by a bounded scan instead of JSON.parse (which was most of what continuation
+ * cost a stream): the compact `{"choices":[{"index":0,"delta":{"content":"…"},…}]}` that routers
+ * send. Inside a JSON string a quote is always escaped, so a key found with its quotes is a key.
+ * Anything it is not sure of (a key it does not know to be harmless, an unusual spacing, two
+ * `content` keys) is left to parseEvent: undefined.
+ */
+function scanEvent(event: Buffer): EventRead | undefined {
+  if (event.indexOf(NO_CHOICES) !== -1) return undefined
+  for (const key of NOT_PLAIN_KEYS) {
+    const at = event.indexOf(key)
+    if (at !== -1 && !isNullAt(event, at + key.length + 1)) return undefined
+  }
+  for (let at = event.indexOf(INDEX_KEY); at !== -1; at = event.indexOf(INDEX_KEY, at + 1)) {
+    if (event[at + INDEX_KEY.length] !== 0x30 || !isEndOfValue(event[at + INDEX_KEY.length + 1])) return undefined
+  }
+  const logprobs = event.indexOf(LOGPROBS_KEY)
+  if (logprobs !== -1 && !isNullAt(event, logprobs + LOGPROBS_KEY.length)) return undefined
+  const finishAt = event.indexOf(FINISH_KEY)
+  const finished = finishAt !== -1 && !isNullAt(event, finishAt + FINISH_KEY.length)
+  const contentAt = event.indexOf(CONTENT_KEY)
+  if (contentAt === -1) return { content: '', plainText: true, finished }
+  if (event.indexOf(CONTENT_KEY, contentAt + 1) !== -1) return undefined
+  const start = contentAt + CONTENT_KEY.length
+  if (isNullAt(event, start)) return { content: '', plainText: true, finished }
+  if (event[start] !== 0x22) return undefined
+  let escaped = false
+  for (let i = start + 1; i < event.length; i++) {
+    const byte = event[i]
+    if (byte === 0x5c) {
+      escaped = true
+      i++ // the escaped character
+    } else if (byte === 0x22) {
+      const content = escaped ? (JSON.parse(event.toString('utf8', start, i + 1)) as string) : event.toString('utf8', start + 1, i)
+      return { content, plainText: true, finished }
+    }
+  }
+  return undefined
+}
+
+function isNullAt(bytes: Buffer, at: number): boolean {
+  return bytes.compare(NULL, 0, NULL.length, at, at + NULL.length) === 0
+}
+
+function isEndOfValue(byte: number | undefined): boolean {
+  return byte === 0x2c || byte === 0x7d
+}
+
+/** Any event, by JSON.parse: the exact rules. */
+function parseEvent(event: Buffer): EventRead | undefined {
+  const data = parseEventData(event)
+  if (!isRecord(data) || !Array.isArray(data.choices) || data.choices.length === 0) return undefined
+  const [choice] = data.choices as unknown[]
+  if (data.choices.length > 1 || !isRecord(choice) || (choice.index !== undefined && choice.index !== 0)) {
+    return { content: '', plainText: false, finished: false }
+  }
+  const delta = isRecord(choice.delta) ? choice.delta : {}
+  const plainText = choice.logprobs == null && delta.tool_calls == null && delta.function_call == null && delta.refusal == null
+  const content = typeof delta.content === 'string' ? delta.content : ''
+  return { content, plainText, finished: choice.finish_reason != null }
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
