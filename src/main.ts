@@ -101,13 +101,16 @@ async function main(): Promise<void> {
     return
   }
 
+  // A reload (SIGHUP, POST /admin/reload) reads the same sources again: the same file, the
+  // environment the process started with (no one outside can change it), the same flags.
+  const sources = {
+    configPath: flags.config,
+    env: process.env,
+    flags: { host: flags.host, port: flags.port, upstream: flags.upstream },
+  }
   let config: Config
   try {
-    config = loadConfig({
-      configPath: flags.config,
-      env: process.env,
-      flags: { host: flags.host, port: flags.port, upstream: flags.upstream },
-    })
+    config = loadConfig(sources)
   } catch (err: unknown) {
     if (err instanceof ConfigError) {
       process.stderr.write(`toprouter-proxy: ${err.message}\n`)
@@ -133,11 +136,16 @@ async function main(): Promise<void> {
       process.exit(1)
     }
   }
-  const { app, lifecycle } = buildApp(config, { logger, ...(team === undefined ? {} : { team }) })
-  closeWithGrace({ delay: null, logger: false }, async ({ signal, err }) => {
+  const proxy = buildApp(config, { logger, reloadConfig: () => loadConfig(sources), ...(team === undefined ? {} : { team }) })
+  const { app, lifecycle } = proxy
+  // SIGHUP reloads the config (and no longer ends the process); the outcome is logged.
+  process.on('SIGHUP', () => proxy.reload())
+  // close-with-grace would drain on SIGHUP too; SIGHUP is the reload signal here.
+  closeWithGrace({ delay: null, logger: false, skip: ['SIGHUP'] }, async ({ signal, err }) => {
     if (err !== undefined) logger.error({ err }, 'fatal error, shutting down')
-    logger.info({ signal, drainTimeoutMs: config.server.drainTimeoutMs }, 'draining: no new connections, waiting for in-flight requests')
-    const result = await drain(app, lifecycle, config.server.drainTimeoutMs)
+    const { drainTimeoutMs } = proxy.runningConfig().server
+    logger.info({ signal, drainTimeoutMs }, 'draining: no new connections, waiting for in-flight requests')
+    const result = await drain(app, lifecycle, drainTimeoutMs)
     logger.info(result, 'drained, exiting')
     await drainLogs(logger)
   })
