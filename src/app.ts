@@ -88,6 +88,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
         app.log.level = next.log.level
       }
       if (runtime.breakers !== previous.breakers) retireBreakers(previous, next)
+      if (next.team !== previous.config.team) team?.gateway.reconfigure(next.team)
     },
   })
   /**

@@ -25,8 +25,17 @@ export const RESTART_ONLY_KEYS: readonly string[] = [
   'server.headersTimeoutMs',
   'server.requestTimeoutMs',
   'server.keepAliveTimeoutMs',
-  // Team mode (store, Redis, limiter, key cache, usage writer, prices and defaults) is opened once at startup.
-  'team',
+  // Team mode (store, Redis, limiter, key cache, usage writer) is opened once at startup;
+  // only team.defaults and team.prices apply at once (the gateway reads them per request).
+  'team.enabled',
+  'team.storeUrl',
+  'team.storePoolSize',
+  'team.redisUrl',
+  'team.redisKeyPrefix',
+  'team.keyCacheTtlMs',
+  'team.usageFlushMs',
+  'team.maxQueueWaitMs',
+  'team.redisFailure',
 ]
 
 export type ReloadReport =
@@ -89,12 +98,13 @@ export function createConfigReloader(options: ConfigReloaderOptions): () => Relo
     }
     const plan = planReload(options.running(), loaded)
     for (const key of plan.needsRestart) logger.warn({ key }, `${key} changed: needs a restart; the running value stays`)
-    if (plan.changed.length > 0) options.apply(plan.config, plan.changed)
-    reloads.inc({ result: 'ok' })
+    // Written before the swap, so a new log.level cannot hide the line that announces it.
     logger.info(
       { reload: 'ok', changed: plan.changed, needsRestart: plan.needsRestart },
       plan.changed.length === 0 ? 'config reloaded: nothing to apply' : `config reloaded: ${plan.changed.join(', ')} applied`,
     )
+    if (plan.changed.length > 0) options.apply(plan.config, plan.changed)
+    reloads.inc({ result: 'ok' })
     return { ok: true, changed: plan.changed, needsRestart: plan.needsRestart }
   }
 }

@@ -138,6 +138,18 @@ t.test('SIGHUP applies a new fallback to the next request; a request in flight k
   const again = await cli.sighup()
   t.same(again.changed, [])
   t.match(again.msg, /nothing to apply/)
+
+  // log.level applies at once: the request log line (info) is no longer written.
+  cli.write({ ...base, fallbacks: { [PRIMARY]: [BACKUP] }, log: { level: 'warn' } })
+  t.same((await cli.sighup()).changed, ['log.level'])
+  const requestLines = () => cli.logLines().filter((line) => line.route !== undefined).length
+  const before = requestLines()
+  t.ok(before > 0, 'request lines were written at level info')
+  const quiet = await chat(cli.url, BACKUP)
+  t.equal(quiet.statusCode, 200)
+  await quiet.body.dump()
+  await sleep(200)
+  t.equal(requestLines(), before, 'no request line at level warn')
 })
 
 t.test(
@@ -236,10 +248,31 @@ t.test('team mode: POST /admin/reload needs the admin key, applies a valid file,
   await expectErrorShape(t, await reload({ authorization: 'Bearer not-the-admin-key-at-all' }), { status: 401, code: 'invalid_api_key' })
   t.equal(cli.logLines().filter((line) => line.reload !== undefined).length, 0, 'no reload without the key')
 
-  cli.write({ ...base, retry: { maxAttempts: 2 }, team: { ...base.team, defaults: { rpm: 5 } } })
+  const created = await request(`${cli.url}/admin/keys`, {
+    method: 'POST',
+    headers: { ...admin, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'alice' }),
+  })
+  t.equal(created.statusCode, 201)
+  const member = { authorization: `Bearer ${((await created.body.json()) as { key: string }).key}` }
+  for (let i = 0; i < 2; i++) {
+    const answer = await chat(cli.url, BACKUP, member)
+    t.equal(answer.statusCode, 200, 'no rpm limit yet')
+    await answer.body.dump()
+  }
+
+  cli.write({ ...base, retry: { maxAttempts: 2 }, team: { ...base.team, maxQueueWaitMs: 10, defaults: { rpm: 1 } } })
   const ok = await reload(admin)
   t.equal(ok.statusCode, 200)
-  t.same(await ok.body.json(), { reloaded: true, changed: ['retry.maxAttempts'], needsRestart: ['team.defaults.rpm'] })
+  t.same(await ok.body.json(), {
+    reloaded: true,
+    changed: ['team.defaults.rpm', 'retry.maxAttempts'],
+    needsRestart: ['team.maxQueueWaitMs'],
+  })
+  const first = await chat(cli.url, BACKUP, member)
+  t.equal(first.statusCode, 200)
+  await first.body.dump()
+  await expectErrorShape(t, await chat(cli.url, BACKUP, member), { status: 429, code: 'key_rate_limit_exceeded' })
 
   cli.write({ ...base, breaker: { volumeThreshold: 0 } })
   await expectErrorShape(t, await reload(admin), {
@@ -265,5 +298,13 @@ t.test('planReload: restart-only keys keep their running value, the rest is the 
   t.equal(plan.config.server.drainTimeoutMs, 5)
   t.same(plan.config.fallbacks, {})
   t.ok(Object.isFrozen(plan.config.server), 'frozen')
+  const team = planReload(
+    load('team: { storeUrl: "sqlite:a.db", defaults: { rpm: 1 } }\n'),
+    load('team: { storeUrl: "sqlite:b.db", defaults: { rpm: 2 } }\n'),
+  )
+  t.same(team.changed, ['team.defaults.rpm'])
+  t.same(team.needsRestart, ['team.storeUrl'])
+  t.equal(team.config.team.storeUrl, 'sqlite:a.db')
+  t.equal(team.config.team.defaults.rpm, 2)
   t.equal(planReload(running, running).config, running, 'nothing changed: the same snapshot')
 })
