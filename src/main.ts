@@ -32,7 +32,7 @@ ${TEAM_CLI_HELP}
 Environment: TOPROUTER_API_KEY (the upstream key; replaces the client's Authorization),
 TOPROUTER_PROXY_ADMIN_KEY (team mode: enables /admin/keys and /admin/usage),
 TOPROUTER_BASE_URL, HOST, PORT, LOG_LEVEL, TOPROUTER_PROXY_CONFIG.
-Precedence: defaults < config file < environment < flags.
+Precedence: defaults < config file < environment < flags. SIGHUP reloads the config file (README: Hot reload).
 Point your OpenAI SDK at the printed base_url, e.g. new OpenAI({ baseURL: 'http://127.0.0.1:8787' }).
 `
 
@@ -124,6 +124,10 @@ async function main(): Promise<void> {
   }
 
   const logger = buildLogger(config.log.level)
+  // SIGHUP reloads the config and never ends the process; until the app is built there is
+  // nothing to reload into.
+  let onSighup = () => logger.warn('SIGHUP while starting: ignored; send it again once the proxy listens')
+  process.on('SIGHUP', () => onSighup())
   let team: TeamMode | undefined
   if (config.team.enabled) {
     try {
@@ -138,8 +142,9 @@ async function main(): Promise<void> {
   }
   const proxy = buildApp(config, { logger, reloadConfig: () => loadConfig(sources), ...(team === undefined ? {} : { team }) })
   const { app, lifecycle } = proxy
-  // SIGHUP reloads the config (and no longer ends the process); the outcome is logged.
-  process.on('SIGHUP', () => proxy.reload())
+  onSighup = () => {
+    proxy.reload()
+  }
   // close-with-grace would drain on SIGHUP too; SIGHUP is the reload signal here.
   closeWithGrace({ delay: null, logger: false, skip: ['SIGHUP'] }, async ({ signal, err }) => {
     if (err !== undefined) logger.error({ err }, 'fatal error, shutting down')
