@@ -280,6 +280,20 @@ t.test('a continuation cut too: continued again up to maxContinuations, then the
   }
 })
 
+t.test('past the request deadline: not continued, the error event', async (t) => {
+  const { upstream, calls } = await fakeModels(t, { [PRIMARY]: { stallAfter: 2 } })
+  // The stall is seen after 400 ms of silence, when the request's 300 ms deadline has passed.
+  const proxy = await startProxy(t, {
+    upstreamUrl: upstream.url,
+    config: { ...continuation(), upstream: { streamIdleTimeoutMs: 400, requestTimeoutMs: 300 } },
+  })
+  const sse = readSse(await (await rawStream(proxy)).body.text())
+  t.equal(calls.length, 1, 'no continuation call')
+  t.equal(sse.parsed.at(-1)?.error?.code, 'upstream_timeout', "the stall's own error event")
+  const line = proxy.logLines().find((entry) => entry.msg === 'stream not continued')
+  t.equal(line?.reason, 'the request deadline has passed')
+})
+
 t.test('tool calls in the stream: not continued, the error event', async (t) => {
   const { upstream, calls } = await fakeModels(t, { [PRIMARY]: { cutAfter: 3, toolCalls: true } })
   const proxy = await startProxy(t, { upstreamUrl: upstream.url, config: continuation() })
