@@ -17,6 +17,8 @@ import { createChatCompletionsHandler } from './routes/chat-completions.js'
 import { createHealthHandlers } from './routes/health.js'
 import { createModelsHandlers, MODELS_BREAKER_KEY } from './routes/models.js'
 import { type RouteEntry, registerRouteTable } from './routes/table.js'
+import { createStatusRecorder, withStatusRecorder } from './status/status-recorder.js'
+import { createStatusRoutes } from './status/status-routes.js'
 import type { TeamMode } from './team/team-mode.js'
 import { createAttempter } from './upstream/attempt.js'
 import { type BreakerEvents, type BreakerRegistry, createBreakerRegistry } from './upstream/breakers.js'
@@ -64,8 +66,11 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const random = deps.random ?? Math.random
   const wallClockNow = deps.wallClockNow ?? Date.now
   const lifecycle = new Lifecycle()
-  const metrics = createMetrics(configuredModels(config))
   const team = deps.team
+  const promMetrics = createMetrics(configuredModels(config))
+  const status = createStatusRecorder({ modelLabel: promMetrics.modelLabel, now: wallClockNow, team: team !== undefined })
+  team?.onKeyRequest((keyName, _status, tokens) => status.keyRequest(keyName, tokens))
+  const metrics = withStatusRecorder(promMetrics, status)
   if (config.team.enabled !== (team !== undefined)) throw new Error('team.enabled and the team mode passed to buildApp disagree')
   const metricsRegistry = team === undefined ? metrics.registry : Registry.merge([metrics.registry, team.registry])
 
@@ -127,6 +132,11 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
       handler: async (_request, reply) => reply.header('content-type', metricsRegistry.contentType).send(await metricsRegistry.metrics()),
     },
     ...(team?.adminRoutes(config.adminKey) ?? []),
+    ...createStatusRoutes({
+      recorder: status,
+      breakerStates: () => ({ ...modelsBreakers.states(), ...breakers.states() }),
+      team: team === undefined ? undefined : { adminKey: config.adminKey },
+    }),
   ]
 
   const app = Fastify({
@@ -167,7 +177,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     reply.header('x-request-id', request.id)
     done()
   })
-  registerRequestLog(app, metrics, now)
+  registerRequestLog(app, metrics, now, status.requestEnded)
   registerFrontDoor(app)
   registerRouteTable(app, routes, lifecycle)
   app.setErrorHandler(replyWithError)

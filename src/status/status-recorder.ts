@@ -1,0 +1,171 @@
+import type { Metrics } from '../metrics.js'
+import type { BreakerState } from '../upstream/breakers.js'
+import { RollingWindow, type WindowOptions, type WindowSnapshot } from './rolling-window.js'
+
+/**
+ * What the status page shows, kept in memory and bounded: a rolling window per model (models
+ * labelled as metrics labels them: the configured ones, the first 100 others, then `other`), the
+ * last errors (time, model, status, code — never a message, a key or a body), and in team mode
+ * each key's requests and tokens for the current UTC day, by key name (the first 200 names, then
+ * `other`). Every record is O(1); nothing here is read on the request path.
+ */
+
+export interface RequestEnd {
+  /** The route's URL pattern, or `unmatched`. */
+  readonly route: string
+  /** The model asked for (the request's trace), undefined before one was known. */
+  readonly model: string | undefined
+  readonly status: number
+  /** The error shape's code, when the proxy answered with one. */
+  readonly code: string | undefined
+  /** How a relayed stream ended (`cut`, `stalled`, …), when it was one. */
+  readonly ending: string | undefined
+  readonly durationMs: number
+  /** Streams: the served attempt's time to its first event. */
+  readonly ttftMs: number | undefined
+}
+
+export interface StatusError {
+  readonly time: string
+  readonly model: string | null
+  readonly status: number
+  readonly code: string
+}
+
+export interface KeyToday {
+  readonly name: string
+  readonly requests: number
+  readonly promptTokens: number
+  readonly completionTokens: number
+}
+
+export interface StatusSnapshot {
+  readonly time: string
+  readonly bucketSeconds: number
+  readonly windowSeconds: number
+  readonly models: Array<{ readonly model: string; readonly breaker: BreakerState | null } & WindowSnapshot>
+  readonly lastErrors: StatusError[]
+  /** Team mode only. */
+  readonly keysToday?: { readonly day: string; readonly keys: KeyToday[] }
+}
+
+export interface StatusRecorder {
+  requestEnded(end: RequestEnd): void
+  retry(model: string): void
+  fallback(from: string): void
+  keyRequest(keyName: string, tokens: { prompt: number | null; completion: number | null }): void
+  snapshot(breakerStates: Readonly<Record<string, BreakerState>>): StatusSnapshot
+}
+
+export interface StatusRecorderOptions {
+  /** The model label of metrics.ts: bounds the models kept. */
+  readonly modelLabel: (model: string | undefined) => string
+  /** Wall-clock milliseconds. */
+  readonly now: () => number
+  readonly team: boolean
+  readonly window?: WindowOptions
+  /** @default 20 */
+  readonly maxErrors?: number
+  /** @default 200 */
+  readonly maxKeyNames?: number
+}
+
+const STREAM_ERROR_ENDINGS = new Set(['cut', 'stalled'])
+/** Not shown: requests for no route (scanners) and the status page's own polls. */
+const UNSHOWN_ROUTES = new Set(['unmatched', '/status', '/status.json'])
+
+export function createStatusRecorder(options: StatusRecorderOptions): StatusRecorder {
+  const { modelLabel, now } = options
+  const maxErrors = options.maxErrors ?? 20
+  const maxKeyNames = options.maxKeyNames ?? 200
+  const windows = new Map<string, RollingWindow>()
+  const errors: Array<StatusError | undefined> = new Array(maxErrors)
+  let errorsWritten = 0
+  let day = ''
+  const keys = new Map<string, { requests: number; promptTokens: number; completionTokens: number }>()
+
+  function windowOf(model: string): RollingWindow {
+    const label = modelLabel(model)
+    let window = windows.get(label)
+    if (window === undefined) {
+      window = new RollingWindow(options.window)
+      windows.set(label, window)
+    }
+    return window
+  }
+
+  return {
+    requestEnded(end) {
+      if (UNSHOWN_ROUTES.has(end.route)) return
+      const time = now()
+      const failed = end.status >= 400 || (end.ending !== undefined && STREAM_ERROR_ENDINGS.has(end.ending))
+      if (end.model !== undefined) windowOf(end.model).request(time, failed, end.durationMs, end.ttftMs)
+      if (!failed) return
+      errors[errorsWritten % maxErrors] = {
+        time: new Date(time).toISOString(),
+        model: end.model === undefined ? null : modelLabel(end.model),
+        status: end.status,
+        code: end.code ?? (end.ending !== undefined && end.status < 400 ? `stream_${end.ending}` : `http_${end.status}`),
+      }
+      errorsWritten++
+    },
+    retry: (model) => windowOf(model).count('retries', now()),
+    fallback: (from) => windowOf(from).count('fallbacks', now()),
+    keyRequest(keyName, tokens) {
+      const today = new Date(now()).toISOString().slice(0, 10)
+      if (today !== day) {
+        day = today
+        keys.clear()
+      }
+      const name = keys.has(keyName) || keys.size < maxKeyNames ? keyName : 'other'
+      let entry = keys.get(name)
+      if (entry === undefined) {
+        entry = { requests: 0, promptTokens: 0, completionTokens: 0 }
+        keys.set(name, entry)
+      }
+      entry.requests++
+      entry.promptTokens += tokens.prompt ?? 0
+      entry.completionTokens += tokens.completion ?? 0
+    },
+    snapshot(breakerStates) {
+      const time = now()
+      const names = new Set([...Object.keys(breakerStates).map((model) => modelLabel(model)), ...windows.keys()])
+      const models = [...names].sort().map((model) => ({ model, breaker: breakerStates[model] ?? null, ...windowOf(model).snapshot(time) }))
+      const lastErrors: StatusError[] = []
+      for (let i = errorsWritten - 1; i >= Math.max(0, errorsWritten - maxErrors); i--) {
+        const error = errors[i % maxErrors]
+        if (error !== undefined) lastErrors.push(error)
+      }
+      const window = windows.values().next().value ?? new RollingWindow(options.window)
+      const snapshot: StatusSnapshot = {
+        time: new Date(time).toISOString(),
+        bucketSeconds: window.bucketMs / 1000,
+        windowSeconds: (window.bucketMs * window.buckets) / 1000,
+        models,
+        lastErrors,
+      }
+      if (!options.team) return snapshot
+      const today = new Date(time).toISOString().slice(0, 10)
+      const keysToday = today === day ? [...keys].map(([name, entry]) => ({ name, ...entry })).sort((a, b) => b.requests - a.requests) : []
+      return { ...snapshot, keysToday: { day: today, keys: keysToday } }
+    },
+  }
+}
+
+/**
+ * The app's metrics with the status recorder on the side: retries and fallbacks reach both, every
+ * other call goes to metrics alone (the request's end reaches the recorder from request-log.ts).
+ */
+export function withStatusRecorder(metrics: Metrics, recorder: StatusRecorder): Metrics {
+  return {
+    ...metrics,
+    retry(model, reason) {
+      metrics.retry(model, reason)
+      recorder.retry(model)
+    },
+    fallback(from, to) {
+      metrics.fallback(from, to)
+      recorder.fallback(from)
+    },
+  }
+}
