@@ -80,8 +80,8 @@ export const STATUS_PAGE_HTML = `<!doctype html>
   }
   function ms(value) { return value === null || value === undefined ? '–' : value + ' ms' }
 
-  /** Bars for one series (oldest first); errors drawn over requests in red. */
-  function sparkline(requests, errors, title) {
+  /** Bars for one series (oldest first); errors drawn over requests in red; kind 'e' draws the series itself in red. */
+  function sparkline(requests, errors, title, kind) {
     var width = 120, height = 22, n = requests.length, max = 1
     for (var i = 0; i < n; i++) if (requests[i] > max) max = requests[i]
     var svg = document.createElementNS(SVG, 'svg')
@@ -93,7 +93,7 @@ export const STATUS_PAGE_HTML = `<!doctype html>
     svg.appendChild(label)
     var w = width / n
     for (var j = 0; j < n; j++) {
-      var pairs = [[requests[j], 'r'], [errors ? errors[j] : 0, 'e']]
+      var pairs = [[requests[j], kind || 'r'], [errors ? errors[j] : 0, 'e']]
       for (var k = 0; k < pairs.length; k++) {
         var value = pairs[k][0]
         if (!value) continue
@@ -110,10 +110,10 @@ export const STATUS_PAGE_HTML = `<!doctype html>
     return svg
   }
 
-  function countCell(value, series, errors, title) {
+  function countCell(value, series, errors, title, kind) {
     var td = el('td', null, 'num')
     var cell = el('div', null, 'cell')
-    cell.appendChild(sparkline(series, errors, title))
+    cell.appendChild(sparkline(series, errors, title, kind))
     cell.appendChild(el('span', value))
     td.appendChild(cell)
     return td
@@ -139,7 +139,7 @@ export const STATUS_PAGE_HTML = `<!doctype html>
       td.appendChild(badge)
       tr.appendChild(td)
       tr.appendChild(countCell(row.lastMinute.requests, row.series.requests, row.series.errors, 'requests (red: errors), last ' + span))
-      tr.appendChild(countCell(row.lastMinute.errors, row.series.errors, null, 'errors, last ' + span))
+      tr.appendChild(countCell(row.lastMinute.errors, row.series.errors, null, 'errors, last ' + span, 'e'))
       tr.appendChild(countCell(row.lastMinute.retries, row.series.retries, null, 'retries, last ' + span))
       tr.appendChild(countCell(row.lastMinute.fallbacks, row.series.fallbacks, null, 'fallbacks, last ' + span))
       tr.appendChild(el('td', ms(row.latencyMs.p50), 'num'))

@@ -20,7 +20,6 @@ export interface StatusRouteDeps {
   readonly team: { readonly adminKey: string | undefined } | undefined
 }
 
-export const STATUS_URLS = ['/status', '/status.json'] as const
 const REALM = 'Basic realm="toprouter-proxy status", charset="UTF-8"'
 
 export function createStatusRoutes(deps: StatusRouteDeps): RouteEntry[] {
@@ -37,6 +36,8 @@ export function createStatusRoutes(deps: StatusRouteDeps): RouteEntry[] {
     {
       method: 'GET',
       urls: ['/status'],
+      // The operator watches a drain too.
+      servesWhileDraining: true,
       handler: async (request, reply) => {
         if (!allowed(request, reply)) return reply
         return reply.header('content-type', 'text/html; charset=utf-8').header('cache-control', 'no-store').send(STATUS_PAGE_HTML)
@@ -45,6 +46,7 @@ export function createStatusRoutes(deps: StatusRouteDeps): RouteEntry[] {
     {
       method: 'GET',
       urls: ['/status.json'],
+      servesWhileDraining: true,
       handler: async (request, reply) => {
         if (!allowed(request, reply)) return reply
         return reply
