@@ -5,7 +5,7 @@ import { chromium } from 'playwright-core'
 import t from 'tap'
 import { request } from 'undici'
 import { sendJson, startFakeUpstream } from './helpers/fake-upstream.js'
-import { startProxy } from './helpers/proxy.js'
+import { startProxy, startTeamProxy } from './helpers/proxy.js'
 
 /**
  * The status page in headless Chromium (Debian's `chromium`, driven by playwright-core; nothing is
@@ -21,12 +21,15 @@ const OPEN_COLOUR = 'rgb(198, 40, 40)'
 const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), 'artifacts')
 const SCREENSHOT = join(ARTIFACTS, 'status-breaker-open.png')
 
+const ADMIN_KEY = 'admin-browser-0123456789abcdefghijk'
+const LAUNCH = { executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] }
 const missing = !existsSync(CHROMIUM)
+const skip = missing && process.env.CI === undefined
 if (missing && process.env.CI === undefined) {
   t.comment(`${CHROMIUM} is missing: skipping the status page's browser test (apt-get install chromium to run it)`)
 }
 
-t.test('the live page shows a breaker open, without a reload', { skip: missing && process.env.CI === undefined }, async (t) => {
+t.test('the live page shows a breaker open, without a reload', { skip }, async (t) => {
   if (missing) {
     t.fail(`${CHROMIUM} is missing in CI: .ci/run should have installed Debian's chromium`)
     return
@@ -38,10 +41,7 @@ t.test('the live page shows a breaker open, without a reload', { skip: missing &
     upstreamUrl: upstream.url,
     config: { retry: { maxAttempts: 1 }, breaker: { volumeThreshold: 2, errorThresholdPercentage: 50, resetTimeoutMs: 60000 } },
   })
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-  })
+  const browser = await chromium.launch(LAUNCH)
   t.teardown(() => browser.close())
   const page = await browser.newPage({ viewport: { width: 1280, height: 600 } })
   let navigations = 0
@@ -80,4 +80,45 @@ t.test('the live page shows a breaker open, without a reload', { skip: missing &
   mkdirSync(ARTIFACTS, { recursive: true })
   await page.screenshot({ path: SCREENSHOT, fullPage: true })
   t.ok(existsSync(SCREENSHOT) && statSync(SCREENSHOT).size > 0, `screenshot saved: ${SCREENSHOT}`)
+})
+
+t.test('team mode: the browser signs in with Basic (the admin key as password) and sees the keys today', { skip }, async (t) => {
+  if (missing) {
+    t.fail(`${CHROMIUM} is missing in CI: .ci/run should have installed Debian's chromium`)
+    return
+  }
+  const upstream = await startFakeUpstream(t, (_req, res) =>
+    sendJson(res, 200, {
+      id: 'gen-1',
+      object: 'chat.completion',
+      created: 1760000000,
+      model: MODEL,
+      choices: [{ index: 0, message: { role: 'assistant', content: 'Hi' }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 },
+    }),
+  )
+  const proxy = await startTeamProxy(t, { upstreamUrl: upstream.url, env: { TOPROUTER_PROXY_ADMIN_KEY: ADMIN_KEY } })
+  const alice = await proxy.createKey({ name: 'alice' })
+  const browser = await chromium.launch(LAUNCH)
+  t.teardown(() => browser.close())
+
+  // Without credentials the browser meets the Basic challenge; headless, with no one to ask, it gives up.
+  const anonymous = await browser.newPage()
+  await t.rejects(anonymous.goto(`${proxy.url}/status`), /ERR_INVALID_AUTH_CREDENTIALS/, 'the browser is asked for credentials')
+
+  const context = await browser.newContext({ httpCredentials: { username: 'ops', password: ADMIN_KEY } })
+  const page = await context.newPage()
+  const answered = await page.goto(`${proxy.url}/status`)
+  t.equal(answered?.status(), 200, 'with the admin key as password: the page')
+  const res = await request(`${proxy.url}/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${alice.secret}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hi' }] }),
+  })
+  t.equal(res.statusCode, 200)
+  await res.body.text()
+  const row = page.locator('#keys tbody tr', { hasText: 'alice' })
+  await row.waitFor({ timeout: 10000 })
+  t.same(await row.locator('td').allTextContents(), ['alice', '1', '5', '2'], 'alice: one request, 5 + 2 tokens, polled in place')
+  t.notOk((await page.content()).includes(alice.secret), 'no secret on the page')
 })

@@ -93,13 +93,21 @@ t.test('the recorder: models bounded by the label function, the last 20 errors, 
     now += 1000
     recorder.requestEnded({ ...end, model: 'vendor/model-0', status: 502, code: `code_${i}` })
   }
+  recorder.requestEnded({ ...end, model: 'vendor/model-1', status: 499 })
+  recorder.requestEnded({ ...end, model: 'vendor/model-1', status: 200, ending: 'client_gone' })
   recorder.requestEnded({ ...end, model: 'vendor/model-1', status: 200, ending: 'cut' })
   recorder.requestEnded({ ...end, route: 'unmatched', model: undefined, status: 404, code: 'route_not_found' })
   recorder.requestEnded({ ...end, route: '/status.json', model: undefined, status: 401, code: 'invalid_api_key' })
   const errors = recorder.snapshot({}).lastErrors
   t.equal(errors.length, 20, 'twenty kept')
-  t.same(errors[0], { time: new Date(now).toISOString(), model: 'vendor/model-1', status: 200, code: 'stream_cut' }, 'newest first')
+  t.same(
+    errors[0],
+    { time: new Date(now).toISOString(), model: 'vendor/model-1', status: 200, code: 'stream_interrupted' },
+    'newest first: a cut stream; a client gone is not listed',
+  )
   t.equal(errors[1]?.code, 'code_29')
+  const row = recorder.snapshot({}).models.find((entry) => entry.model === 'vendor/model-1')
+  t.same(row?.lastMinute, { requests: 4, errors: 1, retries: 0, fallbacks: 0 }, 'the client gone counted as requests, not errors')
   t.equal(errors[19]?.code, 'code_11')
 
   recorder.keyRequest('alice', { prompt: 5, completion: 2 })

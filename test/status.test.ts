@@ -33,13 +33,32 @@ interface StatusJson {
   models: Array<{
     model: string
     breaker: string | null
-    lastMinute: Record<string, number>
+    lastMinute: { requests: number; errors: number; retries: number; fallbacks: number }
     series: { requests: number[]; errors: number[]; retries: number[]; fallbacks: number[] }
     latencyMs: { p50: number | null; p95: number | null; samples: number }
     ttftMs: { p50: number | null; p95: number | null; samples: number }
   }>
   lastErrors: Array<{ time: string; model: string | null; status: number; code: string }>
   keysToday?: { day: string; keys: Array<{ name: string; requests: number; promptTokens: number; completionTokens: number }> }
+}
+
+/**
+ * /status.json once `requests` requests are counted: a request is recorded when its response
+ * closes on the server, which may come a moment after the client has read the last byte.
+ */
+async function statusWith(
+  url: string,
+  requests: number,
+  headers: Record<string, string> = {},
+): Promise<{ text: string; body: StatusJson }> {
+  for (let tries = 0; ; tries++) {
+    const res = await request(`${url}/status.json`, { headers })
+    const text = await res.body.text()
+    const body = JSON.parse(text) as StatusJson
+    const counted = body.models.reduce((sum, row) => sum + row.lastMinute.requests, 0)
+    if (counted >= requests || tries === 50) return { text, body }
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
 }
 
 t.test('local mode: /status.json counts requests, errors, retries and fallbacks per model; /status is the page', async (t) => {
@@ -81,9 +100,9 @@ t.test('local mode: /status.json counts requests, errors, retries and fallbacks 
   const res = await request(`${proxy.url}/status.json`)
   t.equal(res.statusCode, 200)
   t.match(res.headers['content-type'], /^application\/json/)
-  const text = await res.body.text()
+  await res.body.text()
+  const { text, body } = await statusWith(proxy.url, 4)
   t.notMatch(text, /sk-upstream-secret|sk-client/, 'no secret in the answer')
-  const body = JSON.parse(text) as StatusJson
   const row = (model: string) => body.models.find((entry) => entry.model === model)
   const primary = row(PRIMARY)
   t.ok(primary, 'a row for the primary model')
@@ -145,11 +164,11 @@ t.test('team mode: the admin key as Basic password or Bearer; 401 with WWW-Authe
   await page.body.text()
   const res = await request(`${proxy.url}/status.json`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })
   t.equal(res.statusCode, 200, 'Bearer with the admin key')
-  const text = await res.body.text()
+  await res.body.text()
+  const { text, body } = await statusWith(proxy.url, 3, { authorization: `Bearer ${ADMIN_KEY}` })
   for (const secret of [ADMIN_KEY, alice.secret, bob.secret, GATEWAY_KEY, alice.id, bob.id]) {
     t.notOk(text.includes(secret), 'no key, secret or key id in the answer')
   }
-  const body = JSON.parse(text) as StatusJson
   t.equal(body.keysToday?.day, new Date().toISOString().slice(0, 10), 'the UTC day')
   t.same(body.keysToday?.keys, [
     { name: 'alice', requests: 2, promptTokens: 10, completionTokens: 4 },
@@ -165,4 +184,19 @@ t.test('team mode without an admin key: /status is an unknown route', async (t) 
   for (const url of ['/status', '/status.json']) {
     await expectErrorShape(t, await request(`${proxy.url}${url}`), { status: 404, code: 'route_not_found' })
   }
+})
+
+t.test('a stream cut after its commit is an error of its model, listed with the code its error event carried', async (t) => {
+  const upstream = await startFakeUpstream(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' })
+    res.write(chunkEvent(PRIMARY, 0, 'Hel'))
+    setTimeout(() => res.destroy(), 20)
+  })
+  const proxy = await startProxy(t, { upstreamUrl: upstream.url, env: { TOPROUTER_API_KEY: 'sk-upstream' } })
+  const res = await chat(proxy.url, PRIMARY, { stream: true })
+  t.equal(res.statusCode, 200)
+  t.match(await res.body.text(), /stream_interrupted/, 'the client got the error event')
+  const { body } = await statusWith(proxy.url, 1)
+  t.same(body.models.find((row) => row.model === PRIMARY)?.lastMinute, { requests: 1, errors: 1, retries: 0, fallbacks: 0 })
+  t.match(body.lastErrors, [{ model: PRIMARY, status: 200, code: 'stream_interrupted' }])
 })

@@ -70,7 +70,15 @@ export interface StatusRecorderOptions {
   readonly maxKeyNames?: number
 }
 
-const STREAM_ERROR_ENDINGS = new Set(['cut', 'stalled'])
+/** A stream that ended in an error event, and the code that event carried (failures.ts). */
+const STREAM_ERROR_CODES: Readonly<Record<string, string>> = {
+  cut: 'stream_interrupted',
+  stalled: 'upstream_timeout',
+  drained: 'service_unavailable',
+}
+/** A client that left is not a model's error: counted as a request, not listed. */
+const CLIENT_CLOSED = 499
+const DAY_MS = 86_400_000
 /** Not shown: requests for no route (scanners) and the status page's own polls. */
 const UNSHOWN_ROUTES = new Set(['unmatched', '/status', '/status.json'])
 
@@ -82,6 +90,7 @@ export function createStatusRecorder(options: StatusRecorderOptions): StatusReco
   const errors: Array<StatusError | undefined> = new Array(maxErrors)
   let errorsWritten = 0
   let day = ''
+  let dayStartMs = Number.NEGATIVE_INFINITY
   const keys = new Map<string, { requests: number; promptTokens: number; completionTokens: number }>()
 
   function windowOf(model: string): RollingWindow {
@@ -98,23 +107,26 @@ export function createStatusRecorder(options: StatusRecorderOptions): StatusReco
     requestEnded(end) {
       if (UNSHOWN_ROUTES.has(end.route)) return
       const time = now()
-      const failed = end.status >= 400 || (end.ending !== undefined && STREAM_ERROR_ENDINGS.has(end.ending))
+      const streamCode = end.ending === undefined ? undefined : STREAM_ERROR_CODES[end.ending]
+      const failed = (end.status >= 400 && end.status !== CLIENT_CLOSED) || streamCode !== undefined
       if (end.model !== undefined) windowOf(end.model).request(time, failed, end.durationMs, end.ttftMs)
       if (!failed) return
       errors[errorsWritten % maxErrors] = {
         time: new Date(time).toISOString(),
         model: end.model === undefined ? null : modelLabel(end.model),
         status: end.status,
-        code: end.code ?? (end.ending !== undefined && end.status < 400 ? `stream_${end.ending}` : `http_${end.status}`),
+        code: (end.status < 400 ? streamCode : end.code) ?? `http_${end.status}`,
       }
       errorsWritten++
     },
     retry: (model) => windowOf(model).count('retries', now()),
     fallback: (from) => windowOf(from).count('fallbacks', now()),
     keyRequest(keyName, tokens) {
-      const today = new Date(now()).toISOString().slice(0, 10)
-      if (today !== day) {
-        day = today
+      const time = now()
+      // The day's bounds are computed once a day, not per request (toISOString costs ~1 µs).
+      if (time < dayStartMs || time >= dayStartMs + DAY_MS) {
+        dayStartMs = time - (time % DAY_MS)
+        day = new Date(dayStartMs).toISOString().slice(0, 10)
         keys.clear()
       }
       const name = keys.has(keyName) || keys.size < maxKeyNames ? keyName : 'other'
