@@ -68,7 +68,12 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const lifecycle = new Lifecycle()
   const team = deps.team
   const promMetrics = createMetrics(configuredModels(config))
-  const status = createStatusRecorder({ modelLabel: promMetrics.modelLabel, now: wallClockNow, team: team !== undefined })
+  const status = createStatusRecorder({
+    modelLabel: promMetrics.modelLabel,
+    now: wallClockNow,
+    team: team !== undefined,
+    modelsRow: MODELS_BREAKER_KEY,
+  })
   team?.onKeyRequest((keyName, _status, tokens) => status.keyRequest(keyName, tokens))
   const metrics = withStatusRecorder(promMetrics, status)
   if (config.team.enabled !== (team !== undefined)) throw new Error('team.enabled and the team mode passed to buildApp disagree')

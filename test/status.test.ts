@@ -200,3 +200,18 @@ t.test('a stream cut after its commit is an error of its model, listed with the 
   t.same(body.models.find((row) => row.model === PRIMARY)?.lastMinute, { requests: 1, errors: 1, retries: 0, fallbacks: 0 })
   t.match(body.lastErrors, [{ model: PRIMARY, status: 200, code: 'stream_interrupted' }])
 })
+
+t.test('the /models routes have a row of their own, under their breaker', async (t) => {
+  const upstream = await startFakeUpstream(t, (_req, res) =>
+    sendJson(res, 200, { object: 'list', data: [{ id: PRIMARY, object: 'model' }] }),
+  )
+  const proxy = await startProxy(t, { upstreamUrl: upstream.url, env: { TOPROUTER_API_KEY: 'sk-upstream' } })
+  for (const url of ['/v1/models', '/models', `/models/${PRIMARY}`]) {
+    const res = await request(`${proxy.url}${url}`)
+    t.equal(res.statusCode, 200, url)
+    await res.body.text()
+  }
+  const { body } = await statusWith(proxy.url, 3)
+  t.match(body.models, [{ model: '/models', breaker: 'closed', lastMinute: { requests: 3, errors: 0 } }], 'one row: /models')
+  t.same(body.lastErrors, [])
+})

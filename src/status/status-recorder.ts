@@ -63,6 +63,8 @@ export interface StatusRecorderOptions {
   /** Wall-clock milliseconds. */
   readonly now: () => number
   readonly team: boolean
+  /** The row of the `/models` routes (their breaker's key); their requests carry no model. */
+  readonly modelsRow?: string
   readonly window?: WindowOptions
   /** @default 20 */
   readonly maxErrors?: number
@@ -79,6 +81,7 @@ const STREAM_ERROR_CODES: Readonly<Record<string, string>> = {
 /** A client that left is not a model's error: counted as a request, not listed. */
 const CLIENT_CLOSED = 499
 const DAY_MS = 86_400_000
+const MODELS_ROUTES = new Set(['/models', '/v1/models', '/models/*', '/v1/models/*'])
 /** Not shown: requests for no route (scanners) and the status page's own polls. */
 const UNSHOWN_ROUTES = new Set(['unmatched', '/status', '/status.json'])
 
@@ -107,13 +110,14 @@ export function createStatusRecorder(options: StatusRecorderOptions): StatusReco
     requestEnded(end) {
       if (UNSHOWN_ROUTES.has(end.route)) return
       const time = now()
+      const model = end.model ?? (MODELS_ROUTES.has(end.route) ? options.modelsRow : undefined)
       const streamCode = end.ending === undefined ? undefined : STREAM_ERROR_CODES[end.ending]
       const failed = (end.status >= 400 && end.status !== CLIENT_CLOSED) || streamCode !== undefined
-      if (end.model !== undefined) windowOf(end.model).request(time, failed, end.durationMs, end.ttftMs)
+      if (model !== undefined) windowOf(model).request(time, failed, end.durationMs, end.ttftMs)
       if (!failed) return
       errors[errorsWritten % maxErrors] = {
         time: new Date(time).toISOString(),
-        model: end.model === undefined ? null : modelLabel(end.model),
+        model: model === undefined ? null : modelLabel(model),
         status: end.status,
         code: (end.status < 400 ? streamCode : end.code) ?? `http_${end.status}`,
       }
