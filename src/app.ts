@@ -2,31 +2,23 @@ import { randomUUID } from 'node:crypto'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify'
 import type { DestinationStream, Logger } from 'pino'
 import { Registry } from 'prom-client'
-import { createFallbackChain } from './chat/fallback-chain.js'
 import type { Config } from './config.js'
-import { createStreamContinuer } from './continuation/continuation.js'
-import { breakerVerdict } from './failures.js'
+import { createConfigReloader, type ReloadReport } from './config-reload.js'
 import { registerFrontDoor } from './front-door.js'
 import { Lifecycle } from './lifecycle.js'
 import { buildLogger } from './logging.js'
 import { createMetrics, type Metrics } from './metrics.js'
-import { createModelsCache } from './models-cache.js'
 import { answerMalformedRequest, replyWithError, sendError, toProxyError } from './reply/render-error.js'
 import { registerRequestLog } from './request-log.js'
-import { createChatCompletionsHandler } from './routes/chat-completions.js'
 import { createHealthHandlers } from './routes/health.js'
-import { createModelsHandlers, MODELS_BREAKER_KEY } from './routes/models.js'
+import { MODELS_BREAKER_KEY } from './routes/models.js'
 import { type RouteEntry, registerRouteTable } from './routes/table.js'
+import { buildRuntime, type Runtime, type RuntimeParts } from './runtime.js'
 import { createStatusRecorder, withStatusRecorder } from './status/status-recorder.js'
 import { createStatusRoutes } from './status/status-routes.js'
 import type { TeamMode } from './team/team-mode.js'
-import { createAttempter } from './upstream/attempt.js'
-import { type BreakerEvents, type BreakerRegistry, createBreakerRegistry } from './upstream/breakers.js'
+import type { BreakerRegistry } from './upstream/breakers.js'
 import { buildUpstreamClient, type UpstreamClient } from './upstream/client.js'
-import { NO_MODEL_PAUSES } from './upstream/model-pauses.js'
-import { createRetrier } from './upstream/retrier.js'
-import { createRetryBudget } from './upstream/retry-budget.js'
-import { createUpstreamAuth } from './upstream-auth.js'
 
 /**
  * buildApp wires the server from a validated config and its dependencies: it builds each part
@@ -47,6 +39,8 @@ export interface AppDependencies {
   readonly wallClockNow?: () => number
   /** Team mode, opened by the caller (team/team-mode.ts: the store is opened asynchronously); closed with the app. */
   readonly team?: TeamMode
+  /** Loads the config from the startup sources again, for a reload (SIGHUP, `POST /admin/reload`). */
+  readonly reloadConfig?: () => Config
 }
 
 export interface ProxyApp {
@@ -54,7 +48,12 @@ export interface ProxyApp {
   readonly lifecycle: Lifecycle
   readonly logger: Logger
   readonly metrics: Metrics
+  /** The chat breakers of the running snapshot. */
   readonly breakers: BreakerRegistry
+  /** The config new requests use: the startup one, or the last one a reload applied. */
+  runningConfig(): Config
+  /** Loads the config again (`reloadConfig`) and applies what it can; logs the outcome. */
+  reload(): ReloadReport
 }
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
@@ -77,58 +76,61 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   team?.onKeyRequest((keyName, _status, tokens) => status.keyRequest(keyName, tokens))
   const metrics = withStatusRecorder(promMetrics, status)
   if (config.team.enabled !== (team !== undefined)) throw new Error('team.enabled and the team mode passed to buildApp disagree')
-  const metricsRegistry = team === undefined ? metrics.registry : Registry.merge([metrics.registry, team.registry])
 
-  const breakerEvents: BreakerEvents = {
-    onStateChange(model, from, to) {
-      metrics.breakerState(model, to)
-      logger.warn({ model, from, to, resetTimeoutMs: config.breaker.resetTimeoutMs }, `circuit breaker ${from} -> ${to}`)
-    },
-    onEvict: (model) => metrics.breakerEvicted(model),
-  }
-  const breakers = createBreakerRegistry({ config: config.breaker, judge: breakerVerdict, events: breakerEvents, now })
-  const modelsBreakers = createBreakerRegistry({
-    config: config.breaker,
-    judge: breakerVerdict,
-    events: breakerEvents,
-    maxBreakers: 1,
-    now,
-  })
-  const budget = createRetryBudget(config.retry, now)
-  const attempter = createAttempter({
-    upstream,
-    timeouts: config.upstream,
-    secret: config.apiKey,
-    now,
-    wallClockNow,
-  })
-  const retrierDeps = { retry: config.retry, budget, attempter, metrics, random, now }
-  // A fleet (team mode with Redis) shares a 429's pushback: the model is paused on every replica.
-  // One proxy on its own keeps round 1's behaviour: each request retries within its own pushback.
-  const pauses = team?.modelPauses ?? NO_MODEL_PAUSES
-  const chatRetrier = createRetrier({ ...retrierDeps, breakers, pauses, wallClockNow })
-  const chain = createFallbackChain({ retrier: chatRetrier, fallbacks: config.fallbacks, metrics })
-  const continuer = config.streams.continuation.enabled
-    ? createStreamContinuer({ config: config.streams.continuation, retrier: chatRetrier, metrics, now, inFlight: lifecycle.waiting })
-    : undefined
-  const auth = createUpstreamAuth(config.apiKey)
-  const routeDeps = { auth, budget, lifecycle, metrics, config, now }
-
-  const chat = createChatCompletionsHandler({ ...routeDeps, chain, team: team?.gateway, continuer })
-  const models = createModelsHandlers({
-    ...routeDeps,
-    team: team?.gateway,
-    retrier: createRetrier({ ...retrierDeps, breakers: modelsBreakers }),
-    cache: createModelsCache({ ttlMs: config.models.cacheTtlMs, staleIfErrorMs: config.models.staleIfErrorMs, now }),
-  })
+  const parts: RuntimeParts = { logger, upstream, lifecycle, metrics, team, now, random, wallClockNow }
+  // The snapshot new requests use; a reload swaps it (runtime.ts). Each handler reads it once.
+  let runtime = buildRuntime(config, parts)
+  const retired = new Set<BreakerRegistry>()
   const health = createHealthHandlers(lifecycle, () => ({
-    breakers: { ...modelsBreakers.states(), ...breakers.states() },
+    breakers: { ...runtime.modelsBreakers.states(), ...runtime.breakers.states() },
     ...(team === undefined ? {} : { degraded: team.degraded() }),
   }))
+  const reload = createConfigReloader({
+    running: () => runtime.config,
+    load: deps.reloadConfig ?? (() => runtime.config),
+    registry: metrics.registry,
+    logger,
+    apply(next) {
+      const previous = runtime
+      runtime = buildRuntime(next, parts, previous)
+      if (next.log.level !== previous.config.log.level) {
+        logger.level = next.log.level
+        app.log.level = next.log.level
+      }
+      if (runtime.breakers !== previous.breakers) retireBreakers(previous, next)
+      if (next.team !== previous.config.team) team?.gateway.reconfigure(next.team)
+    },
+  })
+  /**
+   * breaker.* changed: every breaker starts again, closed, with the new settings. The old ones
+   * still serve the requests in flight; they are shut down once those have met their deadline.
+   */
+  function retireBreakers(previous: Runtime, next: Config): void {
+    for (const registry of [previous.breakers, previous.modelsBreakers]) {
+      for (const key of Object.keys(registry.states())) metrics.breakerEvicted(key)
+      retired.add(registry)
+    }
+    const timer = setTimeout(
+      () => {
+        for (const registry of [previous.breakers, previous.modelsBreakers]) {
+          registry.shutdown()
+          retired.delete(registry)
+        }
+      },
+      Math.max(previous.config.upstream.requestTimeoutMs, next.upstream.requestTimeoutMs),
+    )
+    timer.unref()
+  }
+  // After the reloader: its counter is one of the app's metrics.
+  const metricsRegistry = team === undefined ? metrics.registry : Registry.merge([metrics.registry, team.registry])
   const routes: RouteEntry[] = [
-    { method: 'POST', urls: ['/chat/completions', '/v1/chat/completions'], handler: chat },
-    { method: 'GET', urls: ['/models', '/v1/models'], handler: models.list },
-    { method: 'GET', urls: ['/models/*', '/v1/models/*'], handler: models.one },
+    {
+      method: 'POST',
+      urls: ['/chat/completions', '/v1/chat/completions'],
+      handler: (request, reply) => runtime.chat.call(app, request, reply),
+    },
+    { method: 'GET', urls: ['/models', '/v1/models'], handler: (request, reply) => runtime.modelsList.call(app, request, reply) },
+    { method: 'GET', urls: ['/models/*', '/v1/models/*'], handler: (request, reply) => runtime.modelsOne.call(app, request, reply) },
     { method: 'GET', urls: ['/healthz'], handler: health.live, servesWhileDraining: true },
     { method: 'GET', urls: ['/readyz'], handler: health.ready, servesWhileDraining: true },
     {
@@ -136,10 +138,10 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
       urls: ['/metrics'],
       handler: async (_request, reply) => reply.header('content-type', metricsRegistry.contentType).send(await metricsRegistry.metrics()),
     },
-    ...(team?.adminRoutes(config.adminKey) ?? []),
+    ...(team?.adminRoutes(config.adminKey, reload) ?? []),
     ...createStatusRoutes({
       recorder: status,
-      breakerStates: () => ({ ...modelsBreakers.states(), ...breakers.states() }),
+      breakerStates: () => ({ ...runtime.modelsBreakers.states(), ...runtime.breakers.states() }),
       team: team === undefined ? undefined : { adminKey: config.adminKey },
     }),
   ]
@@ -187,14 +189,25 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   registerRouteTable(app, routes, lifecycle)
   app.setErrorHandler(replyWithError)
   app.addHook('onClose', async () => {
-    breakers.shutdown()
-    modelsBreakers.shutdown()
+    runtime.breakers.shutdown()
+    runtime.modelsBreakers.shutdown()
+    for (const registry of retired) registry.shutdown()
     await upstream.close()
     // Last: every request has ended, so every usage record is queued.
     await team?.close()
   })
 
-  return { app, lifecycle, logger, metrics, breakers }
+  return {
+    app,
+    lifecycle,
+    logger,
+    metrics,
+    get breakers() {
+      return runtime.breakers
+    },
+    runningConfig: () => runtime.config,
+    reload,
+  }
 }
 
 /** Models named in the config get metric labels of their own whatever the traffic. */

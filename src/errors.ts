@@ -17,6 +17,7 @@ interface RegistryEntry {
 export const ERROR_REGISTRY = Object.freeze({
   invalid_json: { status: 400, type: 'invalid_request_error', message: 'Request body is not valid JSON' },
   invalid_request: { status: 400, type: 'invalid_request_error', message: 'Invalid request' },
+  config_invalid: { status: 422, type: 'invalid_request_error', message: 'The config file is invalid; the running config stays' },
   missing_api_key: {
     status: 401,
     type: 'authentication_error',

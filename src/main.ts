@@ -32,7 +32,7 @@ ${TEAM_CLI_HELP}
 Environment: TOPROUTER_API_KEY (the upstream key; replaces the client's Authorization),
 TOPROUTER_PROXY_ADMIN_KEY (team mode: enables /admin/keys and /admin/usage),
 TOPROUTER_BASE_URL, HOST, PORT, LOG_LEVEL, TOPROUTER_PROXY_CONFIG.
-Precedence: defaults < config file < environment < flags.
+Precedence: defaults < config file < environment < flags. SIGHUP reloads the config file (README: Hot reload).
 Point your OpenAI SDK at the printed base_url, e.g. new OpenAI({ baseURL: 'http://127.0.0.1:8787' }).
 `
 
@@ -101,13 +101,16 @@ async function main(): Promise<void> {
     return
   }
 
+  // A reload (SIGHUP, POST /admin/reload) reads the same sources again: the same file, the
+  // environment the process started with (no one outside can change it), the same flags.
+  const sources = {
+    configPath: flags.config,
+    env: process.env,
+    flags: { host: flags.host, port: flags.port, upstream: flags.upstream },
+  }
   let config: Config
   try {
-    config = loadConfig({
-      configPath: flags.config,
-      env: process.env,
-      flags: { host: flags.host, port: flags.port, upstream: flags.upstream },
-    })
+    config = loadConfig(sources)
   } catch (err: unknown) {
     if (err instanceof ConfigError) {
       process.stderr.write(`toprouter-proxy: ${err.message}\n`)
@@ -121,6 +124,10 @@ async function main(): Promise<void> {
   }
 
   const logger = buildLogger(config.log.level)
+  // SIGHUP reloads the config and never ends the process; until the app is built there is
+  // nothing to reload into.
+  let onSighup = () => logger.warn('SIGHUP while starting: ignored; send it again once the proxy listens')
+  process.on('SIGHUP', () => onSighup())
   let team: TeamMode | undefined
   if (config.team.enabled) {
     try {
@@ -133,11 +140,17 @@ async function main(): Promise<void> {
       process.exit(1)
     }
   }
-  const { app, lifecycle } = buildApp(config, { logger, ...(team === undefined ? {} : { team }) })
-  closeWithGrace({ delay: null, logger: false }, async ({ signal, err }) => {
+  const proxy = buildApp(config, { logger, reloadConfig: () => loadConfig(sources), ...(team === undefined ? {} : { team }) })
+  const { app, lifecycle } = proxy
+  onSighup = () => {
+    proxy.reload()
+  }
+  // close-with-grace would drain on SIGHUP too; SIGHUP is the reload signal here.
+  closeWithGrace({ delay: null, logger: false, skip: ['SIGHUP'] }, async ({ signal, err }) => {
     if (err !== undefined) logger.error({ err }, 'fatal error, shutting down')
-    logger.info({ signal, drainTimeoutMs: config.server.drainTimeoutMs }, 'draining: no new connections, waiting for in-flight requests')
-    const result = await drain(app, lifecycle, config.server.drainTimeoutMs)
+    const { drainTimeoutMs } = proxy.runningConfig().server
+    logger.info({ signal, drainTimeoutMs }, 'draining: no new connections, waiting for in-flight requests')
+    const result = await drain(app, lifecycle, drainTimeoutMs)
     logger.info(result, 'drained, exiting')
     await drainLogs(logger)
   })

@@ -5,7 +5,6 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
-import pg from 'pg'
 import t, { type Test } from 'tap'
 import { type Dispatcher, request } from 'undici'
 import { stringify } from 'yaml'
@@ -20,7 +19,7 @@ import {
   sleep,
   startFakeUpstream,
 } from './helpers/fake-upstream.js'
-import { freshDatabase, postgresSkip, privatePostgres, privatePostgresSkip } from './helpers/postgres.js'
+import { freshDatabase, pgRows, postgresSkip, privatePostgres, privatePostgresSkip, type Rows } from './helpers/postgres.js'
 import { needRedisServer, needSharedRedis, prefixFor, privateRedis, SHARED_REDIS } from './helpers/redis.js'
 
 /**
@@ -341,21 +340,6 @@ interface UsageRowSeen {
   readonly completionTokens: number | null
   readonly totalTokens: number | null
   readonly stream: boolean
-}
-
-type Rows = (sql: string) => Promise<Array<Record<string, unknown>>>
-
-function pgRows(url: string): Rows {
-  return async (sql) => {
-    const client = new pg.Client({ connectionString: url })
-    client.on('error', () => {})
-    await client.connect()
-    try {
-      return (await client.query(sql)).rows as Array<Record<string, unknown>>
-    } finally {
-      await client.end()
-    }
-  }
 }
 
 const numberOrNull = (value: unknown) => (value === null || value === undefined ? null : Number(value))

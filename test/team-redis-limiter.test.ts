@@ -431,8 +431,8 @@ async function upstreamFor(t: Test) {
   })
 }
 
-t.test('two team proxies on one store and one Redis: a key with rpm 3 gets 3 requests in all, not 3 each', async (t) => {
-  if (!(await needSharedRedis(t))) return
+/** Two team proxies on one SQLite store and the shared Redis, with a key prefix of the test's own. */
+async function twoTeamProxies(t: Test) {
   const upstream = await upstreamFor(t)
   const redisKeyPrefix = prefixFor(t)
   const team = { redisUrl: SHARED_REDIS }
@@ -442,6 +442,12 @@ t.test('two team proxies on one store and one Redis: a key with rpm 3 gets 3 req
     config: { team: { ...team, storeUrl: `sqlite:${a.storePath}` } },
     redisKeyPrefix,
   })
+  return { upstream, a, b }
+}
+
+t.test('two team proxies on one store and one Redis: a key with rpm 3 gets 3 requests in all, not 3 each', async (t) => {
+  if (!(await needSharedRedis(t))) return
+  const { upstream, a, b } = await twoTeamProxies(t)
   const alice = await a.createKey({ name: 'alice', rpm: 3 })
   const statuses: number[] = []
   for (const proxy of [a, b, a]) {
@@ -464,15 +470,7 @@ t.test('two team proxies on one store and one Redis: a key with rpm 3 gets 3 req
 
 t.test('two team proxies: a token budget spent through A is refused on B (402), with no upstream call', async (t) => {
   if (!(await needSharedRedis(t))) return
-  const upstream = await upstreamFor(t)
-  const redisKeyPrefix = prefixFor(t)
-  const team = { redisUrl: SHARED_REDIS }
-  const a = await startTeamProxy(t, { upstreamUrl: upstream.url, config: { team }, redisKeyPrefix })
-  const b = await startTeamProxy(t, {
-    upstreamUrl: upstream.url,
-    config: { team: { ...team, storeUrl: `sqlite:${a.storePath}` } },
-    redisKeyPrefix,
-  })
+  const { upstream, a, b } = await twoTeamProxies(t)
   const alice = await a.createKey({ name: 'alice', budgetTokens: 10, budgetPeriod: 'day' })
   for (const proxy of [a, a]) {
     const res = await chat(proxy.url, alice.secret)

@@ -1,5 +1,5 @@
 import type { ChunkTap } from '../streaming/sse.js'
-import { EMPTY, endsAnEvent, lastEventEnd, nextEventEnd, parseEventData } from '../streaming/sse-events.js'
+import { EMPTY, endsAnEvent, lastEventEnd, parseEventData } from '../streaming/sse-events.js'
 
 /**
  * What the client of a continuable stream has been sent. Events are forwarded only once complete
@@ -55,22 +55,23 @@ export class StreamTextTap implements ChunkTap {
   }
 
   private read(complete: Buffer): Buffer {
-    // Only a dropped event costs a copy; the usual chunk is forwarded as it came.
+    // Scanned as a latin1 string: its indexes are byte offsets, and a string search costs a
+    // fraction of a Buffer.indexOf call. Only a dropped event costs a copy of the chunk.
+    const text = complete.toString('latin1')
     let kept: Buffer[] | undefined
-    for (let start = 0; start < complete.length; ) {
-      const end = nextEventEnd(complete, start)
-      const stop = end === -1 ? complete.length : end
-      const event = complete.subarray(start, stop)
-      if (this.readEvent(event)) kept ??= [complete.subarray(0, start)]
-      else kept?.push(event)
+    for (let start = 0; start < text.length; ) {
+      const end = eventEndIn(text, start)
+      const stop = end === -1 ? text.length : end
+      if (this.readEvent(complete, text, start, stop)) kept ??= [complete.subarray(0, start)]
+      else kept?.push(complete.subarray(start, stop))
       start = stop
     }
     return kept === undefined ? complete : Buffer.concat(kept)
   }
 
   /** Reads one event; true when it is a continuation's leading role-only chunk, to be dropped. */
-  private readEvent(event: Buffer): boolean {
-    const read = scanEvent(event) ?? parseEvent(event)
+  private readEvent(bytes: Buffer, text: string, start: number, stop: number): boolean {
+    const read = scanEvent(bytes, text, start, stop) ?? parseEvent(bytes.subarray(start, stop))
     if (read === undefined) return false
     if (!read.plainText) this.plainText = false
     if (this.awaitingRoleChunk) {
@@ -89,60 +90,79 @@ interface EventRead {
   readonly finished: boolean
 }
 
-const NOT_PLAIN_KEYS = ['"tool_calls"', '"function_call"', '"refusal"'].map((key) => Buffer.from(key))
-const CONTENT_KEY = Buffer.from('"content":')
-const INDEX_KEY = Buffer.from('"index":')
-const LOGPROBS_KEY = Buffer.from('"logprobs":')
-const FINISH_KEY = Buffer.from('"finish_reason":')
-const NULL = Buffer.from('null')
-const NO_CHOICES = Buffer.from('"choices":[]')
+/** Where the event starting at `from` ends, its blank line included; -1 when it has not yet. */
+function eventEndIn(text: string, from: number): number {
+  const lf = text.indexOf('\n\n', from)
+  const crlf = text.indexOf('\r\n\r\n', from)
+  if (lf === -1) return crlf === -1 ? -1 : crlf + 4
+  return crlf === -1 || lf < crlf ? lf + 2 : crlf + 4
+}
 
 /**
- * The usual chunk read by a bounded scan instead of JSON.parse (which was most of what continuation
- * cost a stream): the compact `{"choices":[{"index":0,"delta":{"content":"…"},…}]}` that routers
- * send. Inside a JSON string a quote is always escaped, so a key found with its quotes is a key.
- * Anything it is not sure of (a key it does not know to be harmless, an unusual spacing, two
- * `content` keys) is left to parseEvent: undefined.
+ * The usual chunk read without JSON.parse (which was most of what continuation cost a stream):
+ * one choice of exactly the compact shape routers send, `"choices":[{"index":0,"delta":{` then
+ * an optional `"role":"assistant",` and a `"content"` string or null, `}`, an optional
+ * `"logprobs":null`, the `"finish_reason"`, `}]`. Because the whole choice is matched, nothing else
+ * (a tool call, a refusal, logprobs, a second choice) can be in it. Inside a JSON string a quote
+ * is always escaped, so the pattern cannot match there. Anything else is left to parseEvent:
+ * undefined. Comparisons are made on the latin1 string, whose indexes are the bytes'.
  */
-function scanEvent(event: Buffer): EventRead | undefined {
-  if (event.indexOf(NO_CHOICES) !== -1) return undefined
-  for (const key of NOT_PLAIN_KEYS) {
-    const at = event.indexOf(key)
-    if (at !== -1 && !isNullAt(event, at + key.length + 1)) return undefined
+function scanEvent(bytes: Buffer, text: string, start: number, stop: number): EventRead | undefined {
+  const at = text.indexOf(CHOICE_START, start)
+  if (at === -1 || at >= stop) return undefined
+  let i = at + CHOICE_START.length
+  if (text.startsWith(ROLE, i)) {
+    i += ROLE.length
+    if (text.charCodeAt(i) === 0x2c) i++
   }
-  for (let at = event.indexOf(INDEX_KEY); at !== -1; at = event.indexOf(INDEX_KEY, at + 1)) {
-    if (event[at + INDEX_KEY.length] !== 0x30 || !isEndOfValue(event[at + INDEX_KEY.length + 1])) return undefined
-  }
-  const logprobs = event.indexOf(LOGPROBS_KEY)
-  if (logprobs !== -1 && !isNullAt(event, logprobs + LOGPROBS_KEY.length)) return undefined
-  const finishAt = event.indexOf(FINISH_KEY)
-  const finished = finishAt !== -1 && !isNullAt(event, finishAt + FINISH_KEY.length)
-  const contentAt = event.indexOf(CONTENT_KEY)
-  if (contentAt === -1) return { content: '', plainText: true, finished }
-  if (event.indexOf(CONTENT_KEY, contentAt + 1) !== -1) return undefined
-  const start = contentAt + CONTENT_KEY.length
-  if (isNullAt(event, start)) return { content: '', plainText: true, finished }
-  if (event[start] !== 0x22) return undefined
-  let escaped = false
-  for (let i = start + 1; i < event.length; i++) {
-    const byte = event[i]
-    if (byte === 0x5c) {
-      escaped = true
-      i++ // the escaped character
-    } else if (byte === 0x22) {
-      const content = escaped ? (JSON.parse(event.toString('utf8', start, i + 1)) as string) : event.toString('utf8', start + 1, i)
-      return { content, plainText: true, finished }
+  let content = ''
+  if (text.startsWith(CONTENT_KEY, i)) {
+    i += CONTENT_KEY.length
+    if (text.startsWith('null', i)) i += 4
+    else {
+      const end = stringEnd(text, i, stop)
+      if (end === -1) return undefined
+      // Decoded from the bytes as UTF-8 (the latin1 string only located it); escapes by JSON.parse.
+      content = end.escaped ? (JSON.parse(bytes.toString('utf8', i, end.at + 1)) as string) : bytes.toString('utf8', i + 1, end.at)
+      i = end.at + 1
     }
   }
-  return undefined
+  if (text.charCodeAt(i) !== 0x7d) return undefined // the delta's end
+  i++
+  if (text.startsWith(LOGPROBS_NULL, i)) i += LOGPROBS_NULL.length
+  if (!text.startsWith(FINISH_KEY, i)) return undefined
+  i += FINISH_KEY.length
+  let finished = true
+  if (text.startsWith('null', i)) {
+    finished = false
+    i += 4
+  } else {
+    const end = stringEnd(text, i, stop)
+    if (end === -1) return undefined
+    i = end.at + 1
+  }
+  if (!text.startsWith('}]', i)) return undefined
+  return { content, plainText: true, finished }
 }
 
-function isNullAt(bytes: Buffer, at: number): boolean {
-  return bytes.compare(NULL, 0, NULL.length, at, at + NULL.length) === 0
-}
+const CHOICE_START = '"choices":[{"index":0,"delta":{'
+const ROLE = '"role":"assistant"'
+const CONTENT_KEY = '"content":'
+const LOGPROBS_NULL = ',"logprobs":null'
+const FINISH_KEY = ',"finish_reason":'
 
-function isEndOfValue(byte: number | undefined): boolean {
-  return byte === 0x2c || byte === 0x7d
+/** Where the JSON string starting at `from` (its opening quote) ends; -1 when not a string. */
+function stringEnd(text: string, from: number, stop: number): { at: number; escaped: boolean } | -1 {
+  if (text.charCodeAt(from) !== 0x22) return -1
+  let escaped = false
+  for (let i = from + 1; i < stop; i++) {
+    const code = text.charCodeAt(i)
+    if (code === 0x5c) {
+      escaped = true
+      i++ // the escaped character
+    } else if (code === 0x22) return { at: i, escaped }
+  }
+  return -1
 }
 
 /** Any event, by JSON.parse: the exact rules. */

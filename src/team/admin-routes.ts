@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { ReloadReport } from '../config-reload.js'
 import { type ProxyError, proxyError } from '../errors.js'
 import type { RouteEntry } from '../routes/table.js'
 import { TeamError } from './errors.js'
@@ -20,6 +21,8 @@ export interface AdminRouteDeps {
   readonly adminKey: string
   /** called after a key is updated or revoked, so the request path's key cache drops it */
   readonly onKeyChanged: (keyId: string) => void
+  /** `POST /admin/reload`: re-reads the config (the same as SIGHUP); without it the route does not exist. */
+  readonly reload?: () => ReloadReport
 }
 
 type AdminHandler = (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>
@@ -68,7 +71,16 @@ export function createAdminRoutes(deps: AdminRouteDeps): RouteEntry[] {
     return { data: await service.usage.summarizeUsage(query) }
   }
 
+  const reload = deps.reload
+  const reloadConfig: AdminHandler = async () => {
+    if (reload === undefined) throw proxyError('route_not_found')
+    const report = reload()
+    if (!report.ok) throw proxyError('config_invalid', report.error)
+    return { reloaded: true, changed: report.changed, needsRestart: report.needsRestart }
+  }
+
   return [
+    ...(reload === undefined ? [] : [{ method: 'POST' as const, urls: ['/admin/reload'], handler: guarded(reloadConfig) }]),
     { method: 'GET', urls: ['/admin/keys'], handler: guarded(listKeys) },
     { method: 'POST', urls: ['/admin/keys'], handler: guarded(createKey) },
     { method: 'GET', urls: ['/admin/keys/:idOrName'], handler: guarded(showKey) },

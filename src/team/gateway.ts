@@ -54,6 +54,11 @@ export interface TeamGateway {
   forgetKey(keyId: string): void
   /** Drops every cached key (the key-change channel was away: changes may have been missed). */
   forgetAllKeys(): void
+  /**
+   * A config reload: `team.defaults` and `team.prices` apply to requests that begin from now on
+   * (a request in flight keeps the ones it began with); the other team keys need a restart.
+   */
+  reconfigure(team: Config['team']): void
 }
 
 /** What the request log tells a finished request. */
@@ -74,7 +79,8 @@ const ENDING_OF_STREAM: Readonly<Record<StreamEnding, UsageEnding>> = {
 }
 
 export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
-  const { team, keyCache, metrics, log, now, wallClockNow } = deps
+  const { keyCache, metrics, log, now, wallClockNow } = deps
+  let team = deps.team
   let listedPrices: ReadonlyMap<string, ModelPrice> = new Map()
   const unpricedWarned = new Set<string>()
 
@@ -115,8 +121,8 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
     if (status === 'expired') throw proxyError('key_expired', `This gateway key expired at ${key.expiresAt}`)
   }
 
-  function priceFor(model: string, budgeted: boolean): ModelPrice | undefined {
-    const price = priceOf(model, team.prices, listedPrices)
+  function priceFor(model: string, budgeted: boolean, prices: Config['team']['prices']): ModelPrice | undefined {
+    const price = priceOf(model, prices, listedPrices)
     if (price === undefined && budgeted && !unpricedWarned.has(model)) {
       unpricedWarned.add(model)
       log.warn({ model }, 'no price known for this model: its requests are recorded with costUsd null and do not count toward USD budgets')
@@ -138,6 +144,8 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
     private readonly requestId: string
     private readonly receivedAtMs: number
     private readonly receivedAtWallMs: number
+    /** The team settings the request began with: a reload does not change them under it. */
+    private readonly team = team
     private finished = false
 
     constructor(requestId: string, receivedAtMs: number) {
@@ -161,7 +169,7 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
       } catch (refusal: unknown) {
         throw this.refuse(refusal as ProxyError)
       }
-      this.limits = effectiveLimits(key, team.defaults)
+      this.limits = effectiveLimits(key, this.team.defaults)
     }
 
     readonly allows = (model: string): boolean => this.key !== undefined && modelAllowed(this.key, model)
@@ -231,7 +239,7 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
       this.finished = true
       const usage = this.stream ? this.tap?.usage : this.bodyUsage
       const servedBy = end.servedBy ?? null
-      const cost = servedBy === null ? null : costUsd(usage, priceFor(servedBy, key.budgetUsd !== null))
+      const cost = servedBy === null ? null : costUsd(usage, priceFor(servedBy, key.budgetUsd !== null, this.team.prices))
       const totalTokens = usage?.totalTokens ?? null
       this.permit?.settle(totalTokens ?? undefined, cost)
       this.permit?.release()
@@ -277,6 +285,9 @@ export function createTeamGateway(deps: TeamGatewayDeps): TeamGateway {
     mayUse: modelAllowed,
     forgetKey: (keyId) => keyCache.forget(keyId),
     forgetAllKeys: () => keyCache.forgetAll(),
+    reconfigure(next) {
+      team = next
+    },
   }
 }
 

@@ -1,5 +1,6 @@
 import type { Registry } from 'prom-client'
 import type { Config } from '../config.js'
+import type { ReloadReport } from '../config-reload.js'
 import type { RouteEntry } from '../routes/table.js'
 import type { ModelPauses } from '../upstream/model-pauses.js'
 import { createAdminRoutes } from './admin-routes.js'
@@ -30,8 +31,11 @@ export interface TeamMode {
   readonly registry: Registry
   /** With `team.redisUrl`: model pauses shared by the replicas (else the app keeps its own). */
   readonly modelPauses: ModelPauses | undefined
-  /** The admin API's routes; none without an admin key (then `/admin/*` is a 404 like any unknown route). */
-  adminRoutes(adminKey: string | undefined): RouteEntry[]
+  /**
+   * The admin API's routes; none without an admin key (then `/admin/*` is a 404 like any unknown route).
+   * With `reload`, `POST /admin/reload` runs it (the app's config reload).
+   */
+  adminRoutes(adminKey: string | undefined, reload?: () => ReloadReport): RouteEntry[]
   /** Each finished chat request of a key (its name, status and tokens), for the status page. */
   onKeyRequest(listener: KeyRequestListener): void
   /**
@@ -157,7 +161,8 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     registry: metrics.registry,
     modelPauses,
     onKeyRequest: (listener) => metrics.onRequest(listener),
-    adminRoutes: (adminKey) => (adminKey === undefined ? [] : createAdminRoutes({ service, adminKey, onKeyChanged })),
+    adminRoutes: (adminKey, reload) =>
+      adminKey === undefined ? [] : createAdminRoutes({ service, adminKey, onKeyChanged, ...(reload === undefined ? {} : { reload }) }),
     degraded() {
       const parts: string[] = []
       if (redisLimiter !== undefined && !redisLimiter.redisUp()) parts.push('redis')

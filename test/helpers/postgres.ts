@@ -70,16 +70,7 @@ export async function freshDatabase(t: Test): Promise<StoreFixture & { readonly 
   return {
     name,
     storeUrl,
-    async rows(sql: string) {
-      const client = new pg.Client({ connectionString: storeUrl })
-      client.on('error', () => {})
-      await client.connect()
-      try {
-        return (await client.query(sql)).rows as Array<Record<string, unknown>>
-      } finally {
-        await client.end()
-      }
-    },
+    rows: pgRows(storeUrl),
   }
 }
 
@@ -154,4 +145,20 @@ export async function privatePostgres(t: Test): Promise<PrivatePostgres> {
     rmSync(dir, { recursive: true, force: true })
   })
   return { url: `postgres://postgres@127.0.0.1:${port}/postgres`, start, stop }
+}
+
+export type Rows = (sql: string) => Promise<Array<Record<string, unknown>>>
+
+/** Runs a query on its own connection (opened and closed per call) and gives its rows. */
+export function pgRows(url: string): Rows {
+  return async (sql) => {
+    const client = new pg.Client({ connectionString: url })
+    client.on('error', () => {})
+    await client.connect()
+    try {
+      return (await client.query(sql)).rows as Array<Record<string, unknown>>
+    } finally {
+      await client.end()
+    }
+  }
 }
