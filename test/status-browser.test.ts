@@ -44,6 +44,10 @@ t.test('the live page shows a breaker open, without a reload', { skip }, async (
   const browser = await chromium.launch(LAUNCH)
   t.teardown(() => browser.close())
   const page = await browser.newPage({ viewport: { width: 1280, height: 600 } })
+  const consoleErrors: string[] = []
+  page.on('console', (message) => {
+    if (message.type() === 'error') consoleErrors.push(message.text())
+  })
   let navigations = 0
   page.on('framenavigated', (frame) => {
     if (frame === page.mainFrame()) navigations++
@@ -73,6 +77,7 @@ t.test('the live page shows a breaker open, without a reload', { skip }, async (
   t.equal(await badge.getAttribute('data-state'), 'open')
   t.equal(await badge.evaluate((node) => getComputedStyle(node).backgroundColor), OPEN_COLOUR, 'in the open colour')
   t.equal(navigations, 1, 'the page was never reloaded')
+  t.same(consoleErrors, [], 'no console error (the content security policy lets the inline style and script run)')
   const errors = await page.locator('#errors tbody tr').count()
   t.ok(errors >= 2, `${errors} errors listed`)
   t.match(await page.locator('#errors tbody tr').first().textContent(), /500/, 'the newest error shows its status')

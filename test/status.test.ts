@@ -128,10 +128,15 @@ t.test('local mode: /status.json counts requests, errors, retries and fallbacks 
   const page = await request(`${proxy.url}/status`)
   t.equal(page.statusCode, 200, 'open in local mode, like /metrics')
   t.match(page.headers['content-type'], /^text\/html/)
+  t.match(page.headers['content-security-policy'], /default-src 'none'.*script-src 'sha256-/, 'only its own inline script runs')
   const html = await page.body.text()
   t.match(html, /<!doctype html>/i)
   t.match(html, /\/status\.json/, 'the page polls the JSON')
-  t.notMatch(html, /<(?:script|link)[^>]+(?:src|href)=/i, 'no external script or stylesheet')
+  t.notMatch(
+    html,
+    /<(?:script|link|img)[^>]+(?:src|href)="(?!data:)/i,
+    'no external script, stylesheet or image (the icon is an empty data: URL)',
+  )
   t.notMatch(html, /https?:\/\/(?!www\.w3\.org\/2000\/svg)/, 'no URL but the SVG namespace')
 })
 

@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto'
+
 /**
  * The status page: one self-contained HTML document (inline CSS and JS, no external asset, no
  * build step). It polls /status.json every 1.5 s and redraws in place; every value is written as
@@ -7,14 +9,7 @@
 
 export const STATUS_POLL_MS = 1500
 
-export const STATUS_PAGE_HTML = `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>toprouter-proxy status</title>
-<style>
-  :root { --closed: #1f8a3b; --half_open: #c98a00; --open: #c62828; --none: #777; --bar: #4a78c2; --err: #c62828; }
+const STYLE = `  :root { --closed: #1f8a3b; --half_open: #c98a00; --open: #c62828; --none: #777; --bar: #4a78c2; --err: #c62828; }
   body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem; color: #1d1d1f; background: #fafafa; }
   h1 { font-size: 1.3rem; margin: 0 0 .25rem; }
   h2 { font-size: 1.05rem; margin: 1.5rem 0 .5rem; }
@@ -34,38 +29,9 @@ export const STATUS_PAGE_HTML = `<!doctype html>
   .spark rect.e { fill: var(--err); }
   .cell { display: flex; align-items: center; gap: .4rem; }
   .empty { color: #888; font-style: italic; }
-</style>
-</head>
-<body>
-<h1>toprouter-proxy status</h1>
-<div id="meta" class="meta">loading…</div>
+`
 
-<h2>Models</h2>
-<table id="models">
-  <thead><tr>
-    <th>model</th><th>breaker</th>
-    <th>requests/min</th><th>errors/min</th><th>retries/min</th><th>fallbacks/min</th>
-    <th>latency p50</th><th>latency p95</th><th>TTFT p50</th><th>TTFT p95</th>
-  </tr></thead>
-  <tbody></tbody>
-</table>
-
-<h2>Last errors</h2>
-<table id="errors">
-  <thead><tr><th>time</th><th>model</th><th>status</th><th>code</th></tr></thead>
-  <tbody></tbody>
-</table>
-
-<section id="keys-section" hidden>
-<h2>Keys today <span id="keys-day" class="meta"></span></h2>
-<table id="keys">
-  <thead><tr><th>key</th><th>requests</th><th>prompt tokens</th><th>completion tokens</th></tr></thead>
-  <tbody></tbody>
-</table>
-</section>
-
-<script>
-(function () {
+const SCRIPT = `(function () {
   'use strict'
   var POLL_MS = ${STATUS_POLL_MS}
   var SVG = 'http://www.w3.org/2000/svg'
@@ -213,7 +179,63 @@ export const STATUS_PAGE_HTML = `<!doctype html>
   }
   poll()
 })()
-</script>
+`
+
+const hash = (text: string) => `'sha256-${createHash('sha256').update(text).digest('base64')}'`
+
+/**
+ * Sent with the page: only its own inline style and script run (by hash), it may fetch only its
+ * own origin, and nothing may frame it.
+ */
+export const STATUS_PAGE_CSP = [
+  "default-src 'none'",
+  `style-src ${hash(STYLE)}`,
+  `script-src ${hash(SCRIPT)}`,
+  "connect-src 'self'",
+  'img-src data:',
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join('; ')
+
+export const STATUS_PAGE_HTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>toprouter-proxy status</title>
+<link rel="icon" href="data:,">
+<style>${STYLE}</style>
+</head>
+<body>
+<h1>toprouter-proxy status</h1>
+<div id="meta" class="meta">loading…</div>
+
+<h2>Models</h2>
+<table id="models">
+  <thead><tr>
+    <th>model</th><th>breaker</th>
+    <th>requests/min</th><th>errors/min</th><th>retries/min</th><th>fallbacks/min</th>
+    <th>latency p50</th><th>latency p95</th><th>TTFT p50</th><th>TTFT p95</th>
+  </tr></thead>
+  <tbody></tbody>
+</table>
+
+<h2>Last errors</h2>
+<table id="errors">
+  <thead><tr><th>time</th><th>model</th><th>status</th><th>code</th></tr></thead>
+  <tbody></tbody>
+</table>
+
+<section id="keys-section" hidden>
+<h2>Keys today <span id="keys-day" class="meta"></span></h2>
+<table id="keys">
+  <thead><tr><th>key</th><th>requests</th><th>prompt tokens</th><th>completion tokens</th></tr></thead>
+  <tbody></tbody>
+</table>
+</section>
+
+<script>${SCRIPT}</script>
 </body>
 </html>
 `

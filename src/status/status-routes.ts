@@ -4,7 +4,7 @@ import { proxyError } from '../errors.js'
 import { sendError } from '../reply/render-error.js'
 import type { RouteEntry } from '../routes/table.js'
 import type { BreakerState } from '../upstream/breakers.js'
-import { STATUS_PAGE_HTML } from './status-page.js'
+import { STATUS_PAGE_CSP, STATUS_PAGE_HTML } from './status-page.js'
 import type { StatusRecorder } from './status-recorder.js'
 
 /**
@@ -40,7 +40,12 @@ export function createStatusRoutes(deps: StatusRouteDeps): RouteEntry[] {
       servesWhileDraining: true,
       handler: async (request, reply) => {
         if (!allowed(request, reply)) return reply
-        return reply.header('content-type', 'text/html; charset=utf-8').header('cache-control', 'no-store').send(STATUS_PAGE_HTML)
+        return reply
+          .header('content-type', 'text/html; charset=utf-8')
+          .header('cache-control', 'no-store')
+          .header('content-security-policy', STATUS_PAGE_CSP)
+          .header('x-content-type-options', 'nosniff')
+          .send(STATUS_PAGE_HTML)
       },
     },
     {
