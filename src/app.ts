@@ -14,6 +14,8 @@ import { createHealthHandlers } from './routes/health.js'
 import { MODELS_BREAKER_KEY } from './routes/models.js'
 import { type RouteEntry, registerRouteTable } from './routes/table.js'
 import { buildRuntime, type Runtime, type RuntimeParts } from './runtime.js'
+import { createStatusRecorder, withStatusRecorder } from './status/status-recorder.js'
+import { createStatusRoutes } from './status/status-routes.js'
 import type { TeamMode } from './team/team-mode.js'
 import type { BreakerRegistry } from './upstream/breakers.js'
 import { buildUpstreamClient, type UpstreamClient } from './upstream/client.js'
@@ -63,8 +65,16 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const random = deps.random ?? Math.random
   const wallClockNow = deps.wallClockNow ?? Date.now
   const lifecycle = new Lifecycle()
-  const metrics = createMetrics(configuredModels(config))
   const team = deps.team
+  const promMetrics = createMetrics(configuredModels(config))
+  const status = createStatusRecorder({
+    modelLabel: promMetrics.modelLabel,
+    now: wallClockNow,
+    team: team !== undefined,
+    modelsRow: MODELS_BREAKER_KEY,
+  })
+  team?.onKeyRequest((keyName, _status, tokens) => status.keyRequest(keyName, tokens))
+  const metrics = withStatusRecorder(promMetrics, status)
   if (config.team.enabled !== (team !== undefined)) throw new Error('team.enabled and the team mode passed to buildApp disagree')
 
   const parts: RuntimeParts = { logger, upstream, lifecycle, metrics, team, now, random, wallClockNow }
@@ -129,6 +139,11 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
       handler: async (_request, reply) => reply.header('content-type', metricsRegistry.contentType).send(await metricsRegistry.metrics()),
     },
     ...(team?.adminRoutes(config.adminKey, reload) ?? []),
+    ...createStatusRoutes({
+      recorder: status,
+      breakerStates: () => ({ ...runtime.modelsBreakers.states(), ...runtime.breakers.states() }),
+      team: team === undefined ? undefined : { adminKey: config.adminKey },
+    }),
   ]
 
   const app = Fastify({
@@ -169,7 +184,7 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     reply.header('x-request-id', request.id)
     done()
   })
-  registerRequestLog(app, metrics, now)
+  registerRequestLog(app, metrics, now, status.requestEnded)
   registerFrontDoor(app)
   registerRouteTable(app, routes, lifecycle)
   app.setErrorHandler(replyWithError)

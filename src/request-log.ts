@@ -1,6 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Metrics } from './metrics.js'
+import type { RequestEnd } from './status/status-recorder.js'
 import type { RelayedStream } from './streaming/sse.js'
 import type { TeamRequest } from './team/gateway.js'
 import type { UpstreamTrace } from './upstream/attempt.js'
@@ -21,6 +22,8 @@ declare module 'fastify' {
     relayedStream: RelayedStream | null
     /** Team mode: the member's side of a chat request, finished here with its usage record. */
     teamRequest: TeamRequest | null
+    /** The error shape's code, once the renderer (reply/render-error.ts) answered with one. */
+    errorCode: string | null
   }
 }
 
@@ -34,12 +37,16 @@ export function startTrace(request: FastifyRequest, model: string | undefined): 
   return trace
 }
 
-export function registerRequestLog(app: FastifyInstance, metrics: Metrics, now: () => number): void {
+/** Told of each request's end (the status page); it must not throw. */
+export type RequestEndListener = (end: RequestEnd) => void
+
+export function registerRequestLog(app: FastifyInstance, metrics: Metrics, now: () => number, onEnd?: RequestEndListener): void {
   app.decorateRequest('upstreamTrace', null)
   app.decorateRequest('recorded', false)
   app.decorateRequest('receivedAtMs', 0)
   app.decorateRequest('relayedStream', null)
   app.decorateRequest('teamRequest', null)
+  app.decorateRequest('errorCode', null)
 
   function recordRequest(request: FastifyRequest, status: number, clientGone: boolean): void {
     if (request.recorded) return
@@ -47,7 +54,17 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics, now: 
     const trace = request.upstreamTrace
     const route = request.routeOptions.url ?? 'unmatched'
     const ending = request.relayedStream?.ending ?? (clientGone && request.relayedStream !== null ? 'client_gone' : undefined)
+    const durationMs = Math.round(now() - request.receivedAtMs)
     metrics.request(route, status, trace?.model)
+    onEnd?.({
+      route,
+      model: trace?.model,
+      status,
+      code: request.errorCode ?? undefined,
+      ending,
+      durationMs,
+      ttftMs: request.relayedStream === null ? undefined : trace?.upstreamMs,
+    })
     request.teamRequest?.finish({ status, clientGone, servedBy: trace?.servedBy, attempts: trace?.attempts ?? 0 }, ending)
     request.log.info(
       {
@@ -59,7 +76,7 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics, now: 
         attempts: trace?.attempts ?? 0,
         upstreamStatus: trace?.upstreamStatus,
         upstreamMs: trace?.upstreamMs,
-        durationMs: Math.round(now() - request.receivedAtMs),
+        durationMs,
         ...(ending === undefined ? {} : { ending }),
         ...(request.teamRequest?.key === undefined ? {} : { keyName: request.teamRequest.key.name }),
         ...(clientGone ? { clientGone } : {}),

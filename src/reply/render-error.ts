@@ -26,6 +26,8 @@ export function sendError(reply: FastifyReply, error: ProxyError, rateLimitHeade
   }
   if (rateLimitHeaders !== undefined) reply.headers(rateLimitHeaders)
   reply.code(error.status)
+  // For the request's end (request-log.ts): the status page's last errors show the code.
+  reply.request.errorCode = error.code
   reply.header('content-type', 'application/json; charset=utf-8')
   reply.header('x-should-retry', 'false')
   return reply.send(JSON.stringify(error.toBody()))

@@ -6,9 +6,13 @@ import { Counter, Gauge, Registry } from 'prom-client'
  * names, the rest are counted as `other`.
  */
 
+export type KeyRequestListener = (keyName: string, status: number, tokens: { prompt: number | null; completion: number | null }) => void
+
 export interface TeamMetrics {
   readonly registry: Registry
   request(keyName: string, status: number, tokens: { prompt: number | null; completion: number | null }): void
+  /** Each request() is passed on to this listener too (the status page's per-key counts); one listener. */
+  onRequest(listener: KeyRequestListener): void
   refusal(keyName: string, code: string): void
   /** The usage writer's state, read when /metrics is scraped. */
   watchUsageQueue(read: () => { queued: number; dropped: number; storeHealthy: boolean }): void
@@ -59,9 +63,15 @@ export function createTeamMetrics(maxKeyLabels = 200): TeamMetrics {
     return found
   }
 
+  let listener: KeyRequestListener | undefined
+
   return {
     registry,
+    onRequest(next) {
+      listener = next
+    },
     request(keyName, status, used) {
+      listener?.(keyName, status, used)
       const key = keyLabel(keyName)
       child(requests, key, String(status)).inc()
       if (used.prompt !== null && used.prompt > 0) child(tokens, key, 'prompt').inc(used.prompt)

@@ -12,7 +12,7 @@ import type { KeyRecord } from './keys.js'
 import { createKeyLimiter, type KeyLimiter } from './limiter.js'
 import { createRedisModelPauses, type RedisModelPauses } from './model-pauses.js'
 import { createRedisKeyLimiter, type RedisKeyLimiter } from './redis-limiter.js'
-import { createTeamMetrics } from './team-metrics.js'
+import { createTeamMetrics, type KeyRequestListener } from './team-metrics.js'
 import { openTeamService, type TeamService } from './team-service.js'
 import type { UsageRecord } from './usage.js'
 import { createUsageWriter, type UsageWriterLog } from './usage-writer.js'
@@ -36,6 +36,8 @@ export interface TeamMode {
    * With `reload`, `POST /admin/reload` runs it (the app's config reload).
    */
   adminRoutes(adminKey: string | undefined, reload?: () => ReloadReport): RouteEntry[]
+  /** Each finished chat request of a key (its name, status and tokens), for the status page. */
+  onKeyRequest(listener: KeyRequestListener): void
   /**
    * What works in a reduced way right now, for `/readyz`: `redis` (limits counted per replica, or
    * refused with `redisFailure: closed`), `store` (usage waiting in memory, uncached keys refused).
@@ -158,6 +160,7 @@ export async function openTeamMode(config: Config, options: TeamModeOptions): Pr
     service,
     registry: metrics.registry,
     modelPauses,
+    onKeyRequest: (listener) => metrics.onRequest(listener),
     adminRoutes: (adminKey, reload) =>
       adminKey === undefined ? [] : createAdminRoutes({ service, adminKey, onKeyChanged, ...(reload === undefined ? {} : { reload }) }),
     degraded() {
