@@ -18,6 +18,7 @@ import { createHealthHandlers } from './routes/health.js'
 import { createModelsHandlers, MODELS_BREAKER_KEY } from './routes/models.js'
 import { type RouteEntry, registerRouteTable } from './routes/table.js'
 import type { TeamMode } from './team/team-mode.js'
+import { NO_TRACER, type RequestTracer } from './tracing/request-tracer.js'
 import { createAttempter } from './upstream/attempt.js'
 import { type BreakerEvents, type BreakerRegistry, createBreakerRegistry } from './upstream/breakers.js'
 import { buildUpstreamClient, type UpstreamClient } from './upstream/client.js'
@@ -45,6 +46,8 @@ export interface AppDependencies {
   readonly wallClockNow?: () => number
   /** Team mode, opened by the caller (team/team-mode.ts: the store is opened asynchronously); closed with the app. */
   readonly team?: TeamMode
+  /** Tracing, opened by the caller (tracing/otel-tracer.ts, loaded only when enabled); shut down with the app. @default NO_TRACER */
+  readonly tracer?: RequestTracer
 }
 
 export interface ProxyApp {
@@ -102,7 +105,8 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     ? createStreamContinuer({ config: config.streams.continuation, retrier: chatRetrier, metrics, now, inFlight: lifecycle.waiting })
     : undefined
   const auth = createUpstreamAuth(config.apiKey)
-  const routeDeps = { auth, budget, lifecycle, metrics, config, now }
+  const tracer = deps.tracer ?? NO_TRACER
+  const routeDeps = { auth, budget, lifecycle, metrics, config, now, tracer }
 
   const chat = createChatCompletionsHandler({ ...routeDeps, chain, team: team?.gateway, continuer })
   const models = createModelsHandlers({
@@ -177,6 +181,8 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     await upstream.close()
     // Last: every request has ended, so every usage record is queued.
     await team?.close()
+    // Every request has ended, so every span has: the last batch is exported.
+    await tracer.shutdown()
   })
 
   return { app, lifecycle, logger, metrics, breakers }

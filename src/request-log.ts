@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Metrics } from './metrics.js'
 import type { RelayedStream } from './streaming/sse.js'
 import type { TeamRequest } from './team/gateway.js'
+import type { RequestSpan } from './tracing/request-tracer.js'
 import type { UpstreamTrace } from './upstream/attempt.js'
 
 /**
@@ -28,8 +29,8 @@ const REQUEST_OF = Symbol('toprouter.request')
 type RecordedResponse = ServerResponse & { [REQUEST_OF]?: FastifyRequest }
 
 /** The request's upstream trace, started when it is about to go upstream. */
-export function startTrace(request: FastifyRequest, model: string | undefined): UpstreamTrace {
-  const trace: UpstreamTrace = { model, servedBy: undefined, attempts: 0, upstreamMs: undefined, upstreamStatus: undefined }
+export function startTrace(request: FastifyRequest, model: string | undefined, span: RequestSpan): UpstreamTrace {
+  const trace: UpstreamTrace = { model, servedBy: undefined, attempts: 0, upstreamMs: undefined, upstreamStatus: undefined, span }
   request.upstreamTrace = trace
   return trace
 }
@@ -48,6 +49,7 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics, now: 
     const route = request.routeOptions.url ?? 'unmatched'
     const ending = request.relayedStream?.ending ?? (clientGone && request.relayedStream !== null ? 'client_gone' : undefined)
     metrics.request(route, status, trace?.model)
+    trace?.span.end(status, clientGone)
     request.teamRequest?.finish({ status, clientGone, servedBy: trace?.servedBy, attempts: trace?.attempts ?? 0 }, ending)
     request.log.info(
       {
