@@ -260,9 +260,11 @@ t.test('a fallback: the hop and the models on the attempt spans, an event on the
   noSecretsIn(tt, spans)
 })
 
-t.test('a stream: the response model from its first event', async (tt) => {
+const USAGE_EVENT = `data: ${JSON.stringify({ id: 'gen-456', object: 'chat.completion.chunk', model: `${MODEL}-0501`, choices: [], usage: { prompt_tokens: 11, completion_tokens: 3, total_tokens: 14 } })}\n\n`
+
+t.test('a stream: the response model from its first event, the usage from its usage chunk', async (tt) => {
   const upstream = await startFakeUpstream(tt, (_req, res) =>
-    sendSse(res, [chunkEvent(`${MODEL}-0501`, 0, 'Hel'), chunkEvent(`${MODEL}-0501`, 1, 'lo', 'stop')]),
+    sendSse(res, [chunkEvent(`${MODEL}-0501`, 0, 'Hel'), chunkEvent(`${MODEL}-0501`, 1, 'lo', 'stop'), USAGE_EVENT], 5),
   )
   const { proxy, receiver } = await tracedProxy(tt, upstream.url)
   const res = await request(`${proxy.url}/chat/completions`, {
@@ -271,10 +273,16 @@ t.test('a stream: the response model from its first event', async (tt) => {
     body: JSON.stringify({ model: MODEL, stream: true, messages: [{ role: 'user', content: CONTENT }] }),
   })
   tt.equal(res.statusCode, 200)
-  await res.body.text()
+  const text = await res.body.text()
+  tt.ok(text.includes(USAGE_EVENT), 'the client gets the stream unchanged')
   const spans = await waitForSpans(receiver, 2)
   const server = spans.find((span) => span.kind === SERVER) as OtlpSpan
-  tt.match(attrs(server.attributes), { 'gen_ai.response.model': `${MODEL}-0501`, 'http.response.status_code': 200 })
+  tt.match(attrs(server.attributes), {
+    'gen_ai.response.model': `${MODEL}-0501`,
+    'gen_ai.usage.input_tokens': 11,
+    'gen_ai.usage.output_tokens': 3,
+    'http.response.status_code': 200,
+  })
   noSecretsIn(tt, spans)
 })
 

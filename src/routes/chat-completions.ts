@@ -89,7 +89,7 @@ export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerM
       secret: config.apiKey,
       streamIdleTimeoutMs: config.upstream.streamIdleTimeoutMs,
       rateLimitHeaders,
-      tap: continuation?.tap ?? usageTap,
+      tap: streamed ? trace.span.streamTap(continuation?.tap ?? usageTap) : undefined,
       resume: continuation?.resume,
     })
     if (stream !== undefined) {

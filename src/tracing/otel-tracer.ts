@@ -26,6 +26,7 @@ import {
   ATTR_SERVICE_VERSION,
 } from '@opentelemetry/semantic-conventions'
 import type { HeaderMap } from '../http-headers.js'
+import type { ChunkTap } from '../streaming/sse.js'
 import type { AttemptEnd, AttemptSpan, RequestSpan, RequestTracer } from './request-tracer.js'
 
 /**
@@ -154,6 +155,10 @@ class OtelRequestSpan implements RequestSpan {
     this.span.setAttributes(attributes)
   }
 
+  streamTap(inner: ChunkTap | undefined): ChunkTap | undefined {
+    return this.chat && this.recording ? new UsageWatch(this.span, inner) : inner
+  }
+
   end(status: number, clientGone: boolean): void {
     this.span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status)
     this.span.setAttribute('toprouter.attempts', this.attempts)
@@ -194,6 +199,49 @@ class OtelAttemptSpan implements AttemptSpan {
     }
     this.span.setAttributes(attributes)
     this.span.end()
+  }
+}
+
+const USAGE_KEY = Buffer.from('"usage"')
+const EVENT_END = Buffer.from('\n\n')
+/** An event longer than this is not a usage chunk: the watch lets go of it. */
+const MAX_HELD_BYTES = 64 * 1024
+const EMPTY = Buffer.alloc(0)
+
+/**
+ * Sees a stream's bytes as the upstream sent them (before team mode's tap removes the usage chunk
+ * it asked for) and sets `gen_ai.usage.*` from a usage chunk; passes every chunk on unchanged.
+ */
+class UsageWatch implements ChunkTap {
+  private held: Buffer = EMPTY
+
+  constructor(
+    private readonly span: Span,
+    private readonly inner: ChunkTap | undefined,
+  ) {}
+
+  push(chunk: Buffer): Buffer {
+    this.watch(chunk)
+    return this.inner === undefined ? chunk : this.inner.push(chunk)
+  }
+
+  flush(): Buffer {
+    return this.inner === undefined ? EMPTY : this.inner.flush()
+  }
+
+  private watch(chunk: Buffer): void {
+    const bytes = this.held.length === 0 ? chunk : Buffer.concat([this.held, chunk])
+    const end = bytes.lastIndexOf(EVENT_END)
+    const complete = end === -1 ? EMPTY : bytes.subarray(0, end)
+    const rest = end === -1 ? bytes : bytes.subarray(end + EVENT_END.length)
+    this.held = rest.length > MAX_HELD_BYTES ? EMPTY : Buffer.from(rest)
+    if (complete.indexOf(USAGE_KEY) === -1) return
+    for (const line of complete.toString('utf8').split('\n')) {
+      if (!line.startsWith('data:') || !line.includes('"usage"')) continue
+      const usage = parseJson(line.slice(5).trim())?.usage as Record<string, unknown> | null | undefined
+      if (typeof usage?.prompt_tokens === 'number') this.span.setAttribute('gen_ai.usage.input_tokens', usage.prompt_tokens)
+      if (typeof usage?.completion_tokens === 'number') this.span.setAttribute('gen_ai.usage.output_tokens', usage.completion_tokens)
+    }
   }
 }
 

@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { HeaderMap } from '../http-headers.js'
+import type { ChunkTap } from '../streaming/sse.js'
 
 /**
  * Tracing in the proxy's own terms: a span per request, a child span per upstream attempt. The
@@ -46,6 +47,11 @@ export interface RequestSpan {
   fallback(from: string, to: string): void
   /** What was served (`gen_ai.response.*`, usage): a whole JSON body, or a stream's first chunks. */
   served(model: string, body: Buffer | undefined, firstChunks: readonly Buffer[] | undefined): void
+  /**
+   * The tap a committed stream is relayed through: `inner` (team mode's or continuation's), seen
+   * by the span first when it records (a usage chunk → `gen_ai.usage.*`); the no-op returns `inner`.
+   */
+  streamTap(inner: ChunkTap | undefined): ChunkTap | undefined
   /** The request is over (request-log.ts): its status, and whether the client left. */
   end(status: number, clientGone: boolean): void
 }
@@ -71,6 +77,7 @@ export const NO_REQUEST_SPAN: RequestSpan = Object.freeze({
   attempt: () => NO_ATTEMPT_SPAN,
   fallback: nothing,
   served: nothing,
+  streamTap: (inner: ChunkTap | undefined) => inner,
   end: nothing,
 })
 
