@@ -49,7 +49,7 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics, now: 
     const route = request.routeOptions.url ?? 'unmatched'
     const ending = request.relayedStream?.ending ?? (clientGone && request.relayedStream !== null ? 'client_gone' : undefined)
     metrics.request(route, status, trace?.model)
-    trace?.span.end(status, clientGone)
+    if (trace !== null) trace.span.end(status, trace.attempts, clientGone)
     request.teamRequest?.finish({ status, clientGone, servedBy: trace?.servedBy, attempts: trace?.attempts ?? 0 }, ending)
     request.log.info(
       {

@@ -7,7 +7,7 @@ import { request } from 'undici'
 import { openOtelTracer } from '../src/tracing/otel-tracer.js'
 import { NO_TRACER, tracingRequested } from '../src/tracing/request-tracer.js'
 import { chunkEvent, completion, sendJson, sendSse, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
-import { startProxy } from './helpers/proxy.js'
+import { GATEWAY_KEY as GATEWAY_KEY_OF_TEAM_PROXY, startProxy, startTeamProxy } from './helpers/proxy.js'
 
 /**
  * OpenTelemetry (SPEC § "The operator's view"): a span per request, a child span per upstream
@@ -284,6 +284,64 @@ t.test('a stream: the response model from its first event, the usage from its us
     'http.response.status_code': 200,
   })
   noSecretsIn(tt, spans)
+})
+
+t.test('an open breaker: the attempt span says so, nothing is sent, the request span is an error', async (tt) => {
+  const upstream = await startFakeUpstream(tt, (_req, res) => sendJson(res, 503, { error: { message: 'down' } }))
+  const { proxy, receiver } = await tracedProxy(tt, upstream.url, {
+    retry: { maxAttempts: 1 },
+    breaker: { volumeThreshold: 1, errorThresholdPercentage: 1 },
+  })
+  for (let i = 0; i < 2; i++) {
+    const res = await request(`${proxy.url}/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${CLIENT_KEY}`, 'content-type': 'application/json' },
+      body: BODY,
+    })
+    tt.equal(res.statusCode, 503)
+    await res.body.text()
+  }
+  tt.equal(upstream.requests.length, 1, 'the open breaker sent nothing')
+  const spans = await waitForSpans(receiver, 4)
+  const servers = spans.filter((span) => span.kind === SERVER)
+  const attempts = spans.filter((span) => span.kind === CLIENT).map((span) => attrs(span.attributes))
+  tt.equal(servers.length, 2)
+  for (const server of servers) tt.equal(server.status?.code, 2, 'a 503 request span is an error')
+  tt.match(
+    attempts.sort((a, b) => String(a['error.type']).localeCompare(String(b['error.type']))),
+    [
+      { 'error.type': '503', 'toprouter.breaker.state': 'closed', 'toprouter.retry.stopped': 'attempts_exhausted' },
+      { 'error.type': 'breaker_open', 'toprouter.breaker.state': 'open', 'toprouter.retry.stopped': 'breaker_open' },
+    ],
+  )
+  const refused = servers.find((span) =>
+    spans.some((s) => s.parentSpanId === span.spanId && attrs(s.attributes)['error.type'] === 'breaker_open'),
+  )
+  tt.equal(attrs(refused?.attributes)['toprouter.attempts'], 0, 'as x-proxy-attempts: nothing was sent')
+})
+
+t.test('team mode: no member key, gateway key or content in any span', async (tt) => {
+  const upstream = await startFakeUpstream(tt, (_req, res) => sendJson(res, 200, completion()))
+  const receiver = await startReceiver(tt)
+  const tracer = withOtelEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_BSP_SCHEDULE_DELAY: '20' }, () =>
+    openOtelTracer({ serviceVersion: '0.0.0-test' }),
+  )
+  const proxy = await startTeamProxy(tt, { upstreamUrl: upstream.url, tracer })
+  const key = await proxy.createKey({ name: 'alice' })
+  const res = await request(`${proxy.url}/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key.secret}`, 'content-type': 'application/json' },
+    body: BODY,
+  })
+  tt.equal(res.statusCode, 200)
+  await res.body.text()
+  const spans = await waitForSpans(receiver, 2)
+  tt.equal(spans.length, 2)
+  const values = JSON.stringify(spans.map((span) => [span.attributes, span.events]))
+  tt.notOk(values.includes(key.secret), 'no member key')
+  tt.notOk(values.includes(GATEWAY_KEY_OF_TEAM_PROXY), 'no gateway key')
+  tt.notOk(values.includes(CONTENT), 'no message content')
+  tt.match(upstream.requests[0]?.headers.traceparent, new RegExp(`^00-${spans[0]?.traceId}-`))
 })
 
 t.test('/models: a request span and its attempt span', async (tt) => {

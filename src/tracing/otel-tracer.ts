@@ -159,9 +159,10 @@ class OtelRequestSpan implements RequestSpan {
     return this.chat && this.recording ? new UsageWatch(this.span, inner) : inner
   }
 
-  end(status: number, clientGone: boolean): void {
+  end(status: number, attempts: number, clientGone: boolean): void {
     this.span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status)
-    this.span.setAttribute('toprouter.attempts', this.attempts)
+    // As x-proxy-attempts counts them: an attempt an open breaker refused was not sent.
+    this.span.setAttribute('toprouter.attempts', attempts)
     if (clientGone) this.span.setAttribute('toprouter.client_gone', true)
     if (status >= 500) {
       this.span.setAttribute(ATTR_ERROR_TYPE, String(status))

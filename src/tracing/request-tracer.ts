@@ -52,8 +52,8 @@ export interface RequestSpan {
    * by the span first when it records (a usage chunk → `gen_ai.usage.*`); the no-op returns `inner`.
    */
   streamTap(inner: ChunkTap | undefined): ChunkTap | undefined
-  /** The request is over (request-log.ts): its status, and whether the client left. */
-  end(status: number, clientGone: boolean): void
+  /** The request is over (request-log.ts): its status, the attempts sent, and whether the client left. */
+  end(status: number, attempts: number, clientGone: boolean): void
 }
 
 export interface RequestTracer {
