@@ -17,6 +17,7 @@ import { buildRuntime, type Runtime, type RuntimeParts } from './runtime.js'
 import { createStatusRecorder, withStatusRecorder } from './status/status-recorder.js'
 import { createStatusRoutes } from './status/status-routes.js'
 import type { TeamMode } from './team/team-mode.js'
+import { NO_TRACER, type RequestTracer } from './tracing/request-tracer.js'
 import type { BreakerRegistry } from './upstream/breakers.js'
 import { buildUpstreamClient, type UpstreamClient } from './upstream/client.js'
 
@@ -41,6 +42,8 @@ export interface AppDependencies {
   readonly team?: TeamMode
   /** Loads the config from the startup sources again, for a reload (SIGHUP, `POST /admin/reload`). */
   readonly reloadConfig?: () => Config
+  /** Tracing, opened by the caller (tracing/otel-tracer.ts, loaded only when enabled); shut down with the app. @default NO_TRACER */
+  readonly tracer?: RequestTracer
 }
 
 export interface ProxyApp {
@@ -77,7 +80,8 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
   const metrics = withStatusRecorder(promMetrics, status)
   if (config.team.enabled !== (team !== undefined)) throw new Error('team.enabled and the team mode passed to buildApp disagree')
 
-  const parts: RuntimeParts = { logger, upstream, lifecycle, metrics, team, now, random, wallClockNow }
+  const tracer = deps.tracer ?? NO_TRACER
+  const parts: RuntimeParts = { logger, upstream, lifecycle, metrics, team, now, random, wallClockNow, tracer }
   // The snapshot new requests use; a reload swaps it (runtime.ts). Each handler reads it once.
   let runtime = buildRuntime(config, parts)
   const retired = new Set<BreakerRegistry>()
@@ -195,6 +199,8 @@ export function buildApp(config: Config, deps: AppDependencies = {}): ProxyApp {
     await upstream.close()
     // Last: every request has ended, so every usage record is queued.
     await team?.close()
+    // Every request has ended, so every span has: the last batch is exported.
+    await tracer.shutdown()
   })
 
   return {

@@ -9,6 +9,7 @@ import { drain } from './shutdown.js'
 import { TEAM_CLI_HELP } from './team/cli-help.js'
 import { shownUrl } from './team/store/store-url.js'
 import type { TeamMode } from './team/team-mode.js'
+import { type RequestTracer, tracingRequested } from './tracing/request-tracer.js'
 
 /** The CLI: flags → config → app → listen, and a graceful drain on SIGTERM/SIGINT. */
 
@@ -31,7 +32,8 @@ Options:
 ${TEAM_CLI_HELP}
 Environment: TOPROUTER_API_KEY (the upstream key; replaces the client's Authorization),
 TOPROUTER_PROXY_ADMIN_KEY (team mode: enables /admin/keys and /admin/usage),
-TOPROUTER_BASE_URL, HOST, PORT, LOG_LEVEL, TOPROUTER_PROXY_CONFIG.
+TOPROUTER_BASE_URL, HOST, PORT, LOG_LEVEL, TOPROUTER_PROXY_CONFIG;
+OTEL_EXPORTER_OTLP_ENDPOINT (and the other OTEL_* variables): OpenTelemetry traces over OTLP/HTTP.
 Precedence: defaults < config file < environment < flags. SIGHUP reloads the config file (README: Hot reload).
 Point your OpenAI SDK at the printed base_url, e.g. new OpenAI({ baseURL: 'http://127.0.0.1:8787' }).
 `
@@ -140,7 +142,18 @@ async function main(): Promise<void> {
       process.exit(1)
     }
   }
-  const proxy = buildApp(config, { logger, reloadConfig: () => loadConfig(sources), ...(team === undefined ? {} : { team }) })
+  let tracer: RequestTracer | undefined
+  if (tracingRequested(process.env)) {
+    // Loaded only with an OTLP endpoint set: untraced, nothing of OpenTelemetry is loaded.
+    const { openOtelTracer } = await import('./tracing/otel-tracer.js')
+    tracer = openOtelTracer({ serviceVersion: readVersion(), log: logger })
+  }
+  const proxy = buildApp(config, {
+    logger,
+    reloadConfig: () => loadConfig(sources),
+    ...(team === undefined ? {} : { team }),
+    ...(tracer === undefined ? {} : { tracer }),
+  })
   const { app, lifecycle } = proxy
   onSighup = () => {
     proxy.reload()
@@ -174,6 +187,7 @@ async function main(): Promise<void> {
       port,
       upstream: config.upstream.baseUrl,
       auth: team !== undefined ? 'team gateway keys' : config.apiKey === undefined ? 'client Authorization forwarded' : 'TOPROUTER_API_KEY',
+      tracing: tracer === undefined ? 'off' : 'OTLP/HTTP',
     },
     `toprouter-proxy listening on ${config.listen.host}:${port}, forwarding to ${config.upstream.baseUrl}; use base_url ${baseUrl} in your OpenAI SDK${where}`,
   )

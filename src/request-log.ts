@@ -4,6 +4,7 @@ import type { Metrics } from './metrics.js'
 import type { RequestEnd } from './status/status-recorder.js'
 import type { RelayedStream } from './streaming/sse.js'
 import type { TeamRequest } from './team/gateway.js'
+import type { RequestSpan } from './tracing/request-tracer.js'
 import type { UpstreamTrace } from './upstream/attempt.js'
 
 /**
@@ -31,8 +32,8 @@ const REQUEST_OF = Symbol('toprouter.request')
 type RecordedResponse = ServerResponse & { [REQUEST_OF]?: FastifyRequest }
 
 /** The request's upstream trace, started when it is about to go upstream. */
-export function startTrace(request: FastifyRequest, model: string | undefined): UpstreamTrace {
-  const trace: UpstreamTrace = { model, servedBy: undefined, attempts: 0, upstreamMs: undefined, upstreamStatus: undefined }
+export function startTrace(request: FastifyRequest, model: string | undefined, span: RequestSpan): UpstreamTrace {
+  const trace: UpstreamTrace = { model, servedBy: undefined, attempts: 0, upstreamMs: undefined, upstreamStatus: undefined, span }
   request.upstreamTrace = trace
   return trace
 }
@@ -65,6 +66,7 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics, now: 
       durationMs,
       ttftMs: request.relayedStream === null ? undefined : trace?.upstreamMs,
     })
+    if (trace !== null) trace.span.end(status, trace.attempts, clientGone)
     request.teamRequest?.finish({ status, clientGone, servedBy: trace?.servedBy, attempts: trace?.attempts ?? 0 }, ending)
     request.log.info(
       {

@@ -10,6 +10,7 @@ import { createModelsCache, type ModelsCache } from './models-cache.js'
 import { createChatCompletionsHandler } from './routes/chat-completions.js'
 import { createModelsHandlers } from './routes/models.js'
 import type { TeamMode } from './team/team-mode.js'
+import type { RequestTracer } from './tracing/request-tracer.js'
 import { createAttempter } from './upstream/attempt.js'
 import { type BreakerEvents, type BreakerRegistry, createBreakerRegistry } from './upstream/breakers.js'
 import type { UpstreamClient } from './upstream/client.js'
@@ -48,10 +49,11 @@ export interface RuntimeParts {
   readonly now: () => number
   readonly random: () => number
   readonly wallClockNow: () => number
+  readonly tracer: RequestTracer
 }
 
 export function buildRuntime(config: Config, parts: RuntimeParts, previous?: Runtime): Runtime {
-  const { logger, upstream, lifecycle, metrics, team, now, random, wallClockNow } = parts
+  const { logger, upstream, lifecycle, metrics, team, now, random, wallClockNow, tracer } = parts
   const keepBreakers = previous !== undefined && sameJson(previous.config.breaker, config.breaker)
   let breakers: BreakerRegistry
   let modelsBreakers: BreakerRegistry
@@ -90,7 +92,7 @@ export function buildRuntime(config: Config, parts: RuntimeParts, previous?: Run
     ? createStreamContinuer({ config: config.streams.continuation, retrier: chatRetrier, metrics, now, inFlight: lifecycle.waiting })
     : undefined
   const auth = createUpstreamAuth(config.apiKey)
-  const routeDeps = { auth, budget, lifecycle, metrics, config, now }
+  const routeDeps = { auth, budget, lifecycle, metrics, config, now, tracer }
 
   const chat = createChatCompletionsHandler({ ...routeDeps, chain, team: team?.gateway, continuer })
   const models = createModelsHandlers({

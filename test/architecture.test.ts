@@ -53,7 +53,7 @@ t.test('no import cycle anywhere in src/', async (t) => {
 
 t.test('below the routes, nothing knows the HTTP framework', async (t) => {
   const frameworkFree = files.filter(
-    (file) => /[/\\](upstream|chat|streaming)[/\\]/.test(file) || /failures|request-clock|lifecycle|errors/.test(name(file)),
+    (file) => /[/\\](upstream|chat|streaming|tracing)[/\\]/.test(file) || /failures|request-clock|lifecycle|errors/.test(name(file)),
   )
   t.ok(frameworkFree.length >= 12, `${frameworkFree.length} files checked`)
   for (const file of frameworkFree) {
@@ -78,4 +78,21 @@ t.test('the team store stays out of the server path until team mode plugs it in'
     [...reachable].some((file) => graph.get(file)?.packages.some((pkg) => pkg === 'better-sqlite3' || pkg === 'kysely')),
     'no static import of the store libraries',
   )
+})
+
+t.test('OpenTelemetry stays out of the server path unless tracing is on', async (tt) => {
+  // main.ts imports tracing/otel-tracer.ts dynamically, only with an OTLP endpoint set; the rest of
+  // the proxy knows tracing through tracing/request-tracer.ts, whose no-op costs nothing.
+  const importers = files.filter((file) => graph.get(file)?.packages.some((pkg) => pkg.startsWith('@opentelemetry/')))
+  tt.same(importers.map(name), ['tracing/otel-tracer.ts'], 'only otel-tracer.ts imports @opentelemetry')
+  const reachable = new Set<string>()
+  const visit = (file: string) => {
+    if (reachable.has(file)) return
+    reachable.add(file)
+    for (const next of graph.get(file)?.local ?? []) visit(next)
+  }
+  visit(join(SRC, 'main.ts'))
+  tt.notOk(reachable.has(join(SRC, 'tracing', 'otel-tracer.ts')), 'main.ts does not reach otel-tracer.ts statically')
+  tt.ok(reachable.has(join(SRC, 'tracing', 'request-tracer.ts')), 'the interface and its no-op are on the server path')
+  tt.match(readFileSync(join(SRC, 'main.ts'), 'utf8'), /await import\('\.\/tracing\/otel-tracer\.js'\)/, 'main.ts loads it dynamically')
 })

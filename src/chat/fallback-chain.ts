@@ -61,6 +61,7 @@ export function createFallbackChain(deps: FallbackChainDeps): FallbackChain {
         const next = chain[index + 1]
         if (next === undefined || outcome.failure.verdict.nextModel === 'never') return outcome
         metrics.fallback(model, next)
+        trace.span.fallback(model, next)
         log.warn({ from: model, to: next, code: outcome.failure.code }, 'falling back to the next model')
         model = next
       }

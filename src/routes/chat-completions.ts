@@ -64,6 +64,7 @@ export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerM
     if (!outcome.ok) return sendFailure(reply, outcome.failure, clock.attempts, rateLimitHeaders)
 
     trace.servedBy = outcome.model
+    trace.span.served(outcome.model, outcome.served.body, outcome.served.firstChunks)
     const streamed = outcome.served.firstChunks !== undefined
     if (member !== undefined && !streamed) member.answered(outcome.served.body)
     const usageTap = member !== undefined && streamed ? member.streamTap() : undefined
@@ -88,7 +89,7 @@ export function createChatCompletionsHandler(deps: ChatRouteDeps): RouteHandlerM
       secret: config.apiKey,
       streamIdleTimeoutMs: config.upstream.streamIdleTimeoutMs,
       rateLimitHeaders,
-      tap: continuation?.tap ?? usageTap,
+      tap: streamed ? trace.span.streamTap(continuation?.tap ?? usageTap) : undefined,
       resume: continuation?.resume,
     })
     if (stream !== undefined) {

@@ -6,6 +6,7 @@ import type { Lifecycle } from '../lifecycle.js'
 import type { Metrics } from '../metrics.js'
 import { type RequestClock, startRequestClock } from '../request-clock.js'
 import { startTrace } from '../request-log.js'
+import { NO_REQUEST_SPAN, type RequestTracer } from '../tracing/request-tracer.js'
 import type { UpstreamTrace } from '../upstream/attempt.js'
 import type { RetryBudget } from '../upstream/retry-budget.js'
 import type { UpstreamAuth } from '../upstream-auth.js'
@@ -23,6 +24,8 @@ export interface UpstreamRouteDeps {
   readonly metrics: Metrics
   readonly config: Config
   readonly now: () => number
+  /** A span per request and per attempt; NO_TRACER when tracing is off. */
+  readonly tracer: RequestTracer
 }
 
 export interface UpstreamRequest {
@@ -40,7 +43,17 @@ export interface UpstreamRequestOptions {
 
 export function startUpstreamRequest(deps: UpstreamRouteDeps, request: FastifyRequest, options: UpstreamRequestOptions): UpstreamRequest {
   const headers = deps.auth.headersFor(request.headers, request.id, options.hasBody)
-  const trace = startTrace(request, options.model)
+  // Untraced, not even the route is looked up (Fastify builds routeOptions on each read).
+  const span = deps.tracer.enabled
+    ? deps.tracer.startRequest(
+        request.method,
+        request.routeOptions.url ?? 'unmatched',
+        request.headers,
+        options.model,
+        deps.now() - request.receivedAtMs,
+      )
+    : NO_REQUEST_SPAN
+  const trace = startTrace(request, options.model, span)
   const clock = startRequestClock(request.headers, {
     requestTimeoutMs: deps.config.upstream.requestTimeoutMs,
     nowMs: deps.now(),

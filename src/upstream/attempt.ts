@@ -3,6 +3,7 @@ import { type Failure, failure, failureFrom, statusFailure, type TransportContex
 import type { HeaderMap } from '../http-headers.js'
 import type { RequestClock } from '../request-clock.js'
 import { awaitFirstEvent } from '../streaming/sse.js'
+import type { RequestSpan } from '../tracing/request-tracer.js'
 import { discardBody, drainBody, readBodyUpTo, type UpstreamClient, type UpstreamResponse } from './client.js'
 import { normalizeUpstreamError } from './normalize.js'
 import { serverPushbackMs } from './retry-policy.js'
@@ -30,6 +31,8 @@ export interface UpstreamTrace {
   attempts: number
   upstreamMs: number | undefined
   upstreamStatus: number | undefined
+  /** The request's span (tracing/request-tracer.ts): the shared no-op when tracing is off. */
+  readonly span: RequestSpan
 }
 
 /** An answer ready to commit: a stream's first chunks (the body paused after them), or a whole body. */

@@ -23,6 +23,8 @@ export interface BreakerRegistry {
   /** Whole seconds until the key's breaker lets a probe through (at least 1). */
   retryAfterSeconds(key: string): number
   states(): Record<string, BreakerState>
+  /** One key's state (closed when it has no breaker yet). */
+  stateOf(key: string): BreakerState
   shutdown(): void
 }
 
@@ -161,14 +163,20 @@ export function createBreakerRegistry(options: BreakerRegistryOptions): BreakerR
     },
     states() {
       const states: Record<string, BreakerState> = {}
-      for (const [key, entry] of entries) {
-        states[key] = entry.breaker.opened ? 'open' : entry.breaker.halfOpen ? 'half_open' : 'closed'
-      }
+      for (const [key, entry] of entries) states[key] = stateOfBreaker(entry.breaker)
       return states
+    },
+    stateOf(key) {
+      const entry = entries.get(key)
+      return entry === undefined ? 'closed' : stateOfBreaker(entry.breaker)
     },
     shutdown() {
       for (const entry of entries.values()) entry.breaker.shutdown()
       entries.clear()
     },
   }
+}
+
+function stateOfBreaker(breaker: { readonly opened: boolean; readonly halfOpen: boolean }): BreakerState {
+  return breaker.opened ? 'open' : breaker.halfOpen ? 'half_open' : 'closed'
 }

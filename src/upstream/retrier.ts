@@ -3,6 +3,7 @@ import { ProxyError, withoutStack } from '../errors.js'
 import { abortFailure, Failure, failure, statusFailure } from '../failures.js'
 import type { Metrics } from '../metrics.js'
 import { type RequestClock, waitUnlessAborted } from '../request-clock.js'
+import type { AttemptBreakerState, AttemptEnd, AttemptSpan } from '../tracing/request-tracer.js'
 import type { Attempter, AttemptResult, AttemptSpec, Served, UpstreamTrace } from './attempt.js'
 import { BreakerOpenError, type BreakerRegistry } from './breakers.js'
 import { type ModelPauses, NO_MODEL_PAUSES } from './model-pauses.js'
@@ -98,23 +99,35 @@ export function createRetrier(deps: RetrierDeps): Retrier {
         if (clock.signal.aborted) return abortedOutcome(clock)
         clock.attempts += 1
         const startedAt = now()
+        // Untraced: the shared no-op span; nothing below builds its details unless it records.
+        const span = trace.span.attempt(key, attemptForModel)
+        span.inject(spec.headers)
+        const breakerState = span.recording ? breakers.stateOf(key) : undefined
         const outcome = await attemptOnce(key, spec, clock, trace)
         if (outcome.ok) {
           metrics.attempt(key, 'success')
           metrics.upstreamLatency(key, (now() - startedAt) / 1000)
+          if (span.recording) span.end({ upstreamStatus: outcome.served.response.statusCode, breakerState })
           return outcome
         }
         const failed = outcome.failure
         if (failed.kind === 'breaker_open') {
           clock.attempts -= 1 // nothing was sent
+          if (span.recording) endFailedAttempt(span, failed, 'open', 'breaker_open')
           return outcome
         }
-        if (clock.signal.aborted) return abortedOutcome(clock)
+        if (clock.signal.aborted) {
+          if (span.recording) endFailedAttempt(span, failed, breakerState, clock.signal.reason ?? 'client_gone')
+          return abortedOutcome(clock)
+        }
         metrics.attempt(key, failed.label)
         if (failed.upstreamStatus === 429 && failed.pushbackMs !== undefined && failed.pushbackMs > 0) {
           pauses.pause(key, wallClockNow() + failed.pushbackMs)
         }
-        if (failed.verdict.nextModel === 'at_once' && (hasNextModel || !failed.verdict.retry)) return outcome
+        if (failed.verdict.nextModel === 'at_once' && (hasNextModel || !failed.verdict.retry)) {
+          if (span.recording) endFailedAttempt(span, failed, breakerState, 'next_model')
+          return outcome
+        }
 
         const decision = decideRetry({
           attempt: attemptForModel,
@@ -129,6 +142,7 @@ export function createRetrier(deps: RetrierDeps): Retrier {
           random: deps.random,
         })
         if (!decision.retry) {
+          if (span.recording) endFailedAttempt(span, failed, breakerState, decision.reason)
           log.info(
             { model: key, attempt: attemptForModel, reason: decision.reason, upstreamStatus: failed.upstreamStatus, code: failed.code },
             'not retrying',
@@ -137,10 +151,18 @@ export function createRetrier(deps: RetrierDeps): Retrier {
         }
         if (!budget.tryAcquireRetry()) {
           metrics.retryBudgetExhausted(key)
+          if (span.recording) endFailedAttempt(span, failed, breakerState, 'retry_budget_exhausted')
           log.warn({ model: key, attempt: attemptForModel }, 'retry budget exhausted; answering with the last upstream error')
           return outcome
         }
         metrics.retry(key, failed.label)
+        if (span.recording) {
+          endFailedAttempt(span, failed, breakerState, undefined, {
+            retryReason: failed.label,
+            retryDelayMs: decision.delayMs,
+            retryDelaySource: decision.source,
+          })
+        }
         log.info(
           {
             model: key,
@@ -175,4 +197,22 @@ function pausedFailure(key: string, pausedMs: number): Failure {
 /** The client, the deadline or the drain ended the request: that is the answer, whatever undici said. */
 function abortedOutcome(clock: RequestClock): RetryOutcome {
   return { ok: false, failure: abortFailure(clock.signal.reason ?? 'client_gone') }
+}
+
+/** Ends a failed attempt's span (only called when it records): the failure, and what follows it. */
+function endFailedAttempt(
+  span: AttemptSpan,
+  failed: Failure,
+  breakerState: AttemptBreakerState | undefined,
+  notRetried: string | undefined,
+  retry?: Pick<AttemptEnd, 'retryReason' | 'retryDelayMs' | 'retryDelaySource'>,
+): void {
+  span.end({
+    upstreamStatus: failed.upstreamStatus,
+    failure: failed.label,
+    pushbackMs: failed.pushbackMs,
+    breakerState,
+    notRetried,
+    ...retry,
+  })
 }

@@ -9,6 +9,7 @@ import { type Config, loadConfig } from '../../src/config.js'
 import { buildLogger } from '../../src/logging.js'
 import type { KeyFields } from '../../src/team/key-fields.js'
 import { openTeamMode, type TeamMode } from '../../src/team/team-mode.js'
+import type { RequestTracer } from '../../src/tracing/request-tracer.js'
 
 /** A real proxy on port 0 over a real socket, configured through the same loader as production. */
 
@@ -50,6 +51,8 @@ export interface TestProxyOptions {
   readonly storeBusyTimeoutMs?: number
   /** Team mode with `team.redisUrl`: the Redis key prefix (a random one per test). */
   readonly redisKeyPrefix?: string
+  /** Tracing (tracing/otel-tracer.ts); shut down when the proxy closes. */
+  readonly tracer?: RequestTracer
 }
 
 export async function startProxy(t: Teardown, options: TestProxyOptions): Promise<TestProxy> {
@@ -84,6 +87,7 @@ export async function startProxy(t: Teardown, options: TestProxyOptions): Promis
     ...(team ? { team } : {}),
     ...(options.random ? { random: options.random } : {}),
     ...(options.now ? { now: options.now } : {}),
+    ...(options.tracer ? { tracer: options.tracer } : {}),
   })
   await proxy.app.listen({ host: '127.0.0.1', port: 0 })
   t.teardown(() => proxy.app.close())
