@@ -32,7 +32,7 @@ burst of 503s, a connection reset, a silent upstream, a cut stream, a dropped st
 with a fallback), puts the proxy in front of it, runs a scripted app (the openai SDK, maxRetries 0,
 timeout 3 s) through each fault directly and then through the proxy, and prints what the app saw
 both ways, side by side. The proxy's /status page (URL printed first) shows it live. Takes about
-15 s; nothing leaves the machine; every port it opened is closed (and checked) at the end.
+10 s; nothing leaves the machine; every port it opened is closed (and checked) at the end.
 
 Options:
   --hold-s <N>   keep the fake and the proxy running N seconds after the table, to look at /status
