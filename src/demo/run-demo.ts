@@ -1,7 +1,8 @@
 import { connect } from 'node:net'
 import { Writable } from 'node:stream'
 import { parseArgs } from 'node:util'
-import OpenAI from 'openai'
+import OpenAI, { type ClientOptions } from 'openai'
+import { Agent, fetch as undiciFetch } from 'undici'
 import { buildApp, type ProxyApp } from '../app.js'
 import { loadConfig } from '../config.js'
 import { buildLogger } from '../logging.js'
@@ -87,6 +88,8 @@ async function runDemo(io: DemoIo, holdS: number): Promise<number> {
   const startedAt = performance.now()
   const fault = await startFaultUpstream()
   const ports = [fault.port]
+  // The app's own connections: a dispatcher of its own (no environment proxy, closed at the end).
+  const appAgent = new Agent({ connect: { timeout: SDK_TIMEOUT_MS } })
   let proxy: ProxyApp | undefined
   try {
     proxy = await startDemoProxy(fault.url)
@@ -99,8 +102,8 @@ async function runDemo(io: DemoIo, holdS: number): Promise<number> {
       `the app: the openai SDK, maxRetries ${SDK_MAX_RETRIES}, timeout ${SDK_TIMEOUT_MS / 1000} s, both ways; only its baseURL differs\n\n`,
     )
 
-    const direct = demoClient(fault.url)
-    const viaProxy = demoClient(proxyUrl)
+    const direct = demoClient(fault.url, appAgent)
+    const viaProxy = demoClient(proxyUrl, appAgent)
     const rows: Row[] = []
     for (const [index, scenario] of SCENARIOS.entries()) {
       io.stdout(`[${index + 1}/${SCENARIOS.length}] ${scenario.name}: ${scenario.fault}\n`)
@@ -120,6 +123,7 @@ async function runDemo(io: DemoIo, holdS: number): Promise<number> {
       await new Promise((resolve) => setTimeout(resolve, holdS * 1000))
     }
   } finally {
+    await appAgent.close()
     await proxy?.app.close()
     await fault.close()
   }
@@ -153,8 +157,12 @@ function portOf(proxy: ProxyApp): number {
   return typeof address === 'object' && address !== null ? address.port : 0
 }
 
-function demoClient(baseURL: string): OpenAI {
-  return new OpenAI({ baseURL, apiKey: 'sk-demo-not-a-real-key', maxRetries: SDK_MAX_RETRIES, timeout: SDK_TIMEOUT_MS })
+/** The app: the openai SDK, its fetch bound to `agent` so it talks to 127.0.0.1 directly, whatever HTTP_PROXY says. */
+function demoClient(baseURL: string, agent: Agent): OpenAI {
+  // undici's fetch and the global one differ only in their type declarations.
+  const fetch = ((input: string | URL, init?: Parameters<typeof undiciFetch>[1]) =>
+    undiciFetch(input, { ...init, dispatcher: agent })) as unknown as NonNullable<ClientOptions['fetch']>
+  return new OpenAI({ baseURL, apiKey: 'sk-demo-not-a-real-key', maxRetries: SDK_MAX_RETRIES, timeout: SDK_TIMEOUT_MS, fetch })
 }
 
 interface Row {
