@@ -7,6 +7,7 @@ import { type MemoryResult, memoryPhase } from './lib/memory-phase.js'
 import { benchPaths } from './lib/paths.js'
 import { benchPlan } from './lib/plan.js'
 import { clockTicksPerSecond } from './lib/proc-stats.js'
+import { createBenchProgress } from './lib/progress.js'
 import { summariseLog } from './lib/proxy-log.js'
 import { resultsBaseName, writeResults } from './lib/report/files.js'
 import { machineInfo } from './lib/report/machine.js'
@@ -49,14 +50,24 @@ async function main(): Promise<void> {
     `toprouter-proxy bench (${options.mode}): node ${process.version}, ${machine.cpus} CPUs, ${ticksPerSecond} ticks/s\n`,
   )
 
+  const progress = createBenchProgress(plan, options.memoryPhase ? options.memory : undefined, options.mode !== 'memory-only')
   const { targets, upstream } =
     options.mode === 'memory-only'
       ? { targets: [], upstream: { completionBytes: 0, modelsBytes: 0 } }
-      : await measureTargets({ plan, upstreamScript, floorScript, proxy, cwd: paths.root, resultsDir: paths.results, ticksPerSecond })
+      : await measureTargets({
+          plan,
+          upstreamScript,
+          floorScript,
+          proxy,
+          cwd: paths.root,
+          resultsDir: paths.results,
+          ticksPerSecond,
+          progress,
+        })
 
   let memory: MemoryResult | undefined
   if (options.memoryPhase) {
-    process.stdout.write(`memory phase: ${options.memory.streams} streams held ${options.memory.holdS} s\n`)
+    process.stdout.write(`memory phase: ${options.memory.streams} streams held ${options.memory.holdS} s — ${progress.memoryStarts()}\n`)
     const logFile = join(paths.results, 'proxy-memory.log')
     const measured = await memoryPhase({ options: options.memory, upstreamScript, proxy, cwd: paths.root, logFile })
     memory = { ...measured, log: summariseLog(logFile) }

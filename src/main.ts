@@ -19,6 +19,7 @@ const HELP = `toprouter-proxy — a dependable local proxy in front of TopRouter
 
 Usage: toprouter-proxy [options]
        toprouter-proxy keys|usage … (below)
+       toprouter-proxy demo   faults injected by a fake TopRouter, seen without and with the proxy (demo --help)
 
 Options:
   --config <path>    YAML config file (also TOPROUTER_PROXY_CONFIG); see config.example.yaml
@@ -90,6 +91,15 @@ async function main(): Promise<void> {
       stderr: (text) => process.stderr.write(text),
       env: process.env,
       cwd: process.cwd(),
+    })
+    return
+  }
+  if (argv[0] === 'demo') {
+    // Loaded only for the demo: the server path never loads the openai SDK.
+    const { runDemoCli } = await import('./demo/run-demo.js')
+    process.exitCode = await runDemoCli(argv.slice(1), {
+      stdout: (text) => process.stdout.write(text),
+      stderr: (text) => process.stderr.write(text),
     })
     return
   }

@@ -28,6 +28,16 @@ t.test('npm run bench:smoke runs every phase end to end with no errors', { timeo
     t.match(result.stdout, phase, `phase ${phase} ran`)
   }
   t.match(result.stdout, /No errors and no non-2xx responses in any phase/)
+  // Progress: each target and each phase says, as it starts, how long the whole run has left.
+  const phaseLines = result.stdout.split('\n').filter((line) => /^ {2}\[[\w() -]+\] \([a-e]\) /.test(line))
+  t.equal(phaseLines.length, 5 * 5, 'five phase lines for each of the five smoke targets')
+  t.ok(
+    phaseLines.every((line) => / — about \d+(\.\d)? s left$| — about \d+ min( \d+ s)? left$/.test(line)),
+    `every phase line ends with the time left:\n${phaseLines.slice(0, 3).join('\n')}`,
+  )
+  t.match(result.stdout, /^proxy: target 2 of 5 — about [\d.]+ s left$/m, 'the target line says which of how many, and the time left')
+  const left = phaseLines.map((line) => Number(/about ([\d.]+) s left/.exec(line)?.[1]))
+  t.ok((left[0] ?? 0) > (left.at(-1) ?? Number.POSITIVE_INFINITY), `the time left shrinks over the run (${left[0]} s → ${left.at(-1)} s)`)
   const json = JSON.parse(readFileSync(new URL('bench/results/smoke.json', root), 'utf8')) as SmokeReport
   t.ok(json, 'results/smoke.json was written')
 

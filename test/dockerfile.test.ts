@@ -804,7 +804,7 @@ t.test('the runtime stage, replayed on npm pack output, serves, opens the team s
     t.same(
       devDependencies.filter((name) => existsSync(join(nodeModules, name))),
       [],
-      'no devDependency (tap, typescript, openai, autocannon, tsx, …) is installed',
+      'no devDependency (tap, typescript, autocannon, tsx, …) is installed',
     )
     const lock = JSON.parse(readFileSync(join(repoRoot, 'package-lock.json'), 'utf8')) as {
       packages: Record<string, { dev?: boolean }>
@@ -857,6 +857,12 @@ t.test('the runtime stage, replayed on npm pack output, serves, opens the team s
     mkdirSync(storeDir)
     if (userIds !== undefined) chownTree(storeDir, userIds)
     await createKey(t, `sqlite:${join(storeDir, 't.db')}`, 'probe')
+  })
+
+  await t.test('`demo` runs in the image: the openai SDK it drives is a production dependency', async (t) => {
+    const result = await run(imageArgv([...cmd.argv, 'demo']), { cwd: appDir, env: imageEnv, timeoutMs: 60_000, as: userIds })
+    t.equal(result.code, 0, `demo exits 0${result.code === 0 ? '' : `\n${result.stdout.slice(-1500)}\n${result.stderr.slice(0, 1500)}`}`)
+    t.match(result.stdout, /^status page \(live while the demo runs\): http:\/\/127\.0\.0\.1:\d+\/status$/m)
   })
 
   await t.test('the store on /data (a volume in the image) is writable by the image user', async (t) => {

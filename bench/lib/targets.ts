@@ -6,6 +6,7 @@ import { measureTargetPhases, type TargetPhases } from './load/target-phases.js'
 import type { BenchPlan, TargetName } from './plan.js'
 import { statusKb } from './proc-stats.js'
 import { type BenchProcess, type ProxyCommand, startHelper, startProxy, stop } from './processes.js'
+import type { BenchProgress } from './progress.js'
 import { type LogSummary, summariseLog } from './proxy-log.js'
 import { createRedisCommandCounter, limiterKey, type RedisCommandCounter, scriptCommandsOf } from './redis-commands.js'
 import { startRedisServer } from './redis-server.js'
@@ -54,6 +55,8 @@ export interface TargetsSetup {
   /** Where the proxy's log of the run (proxy.log) goes. */
   readonly resultsDir: string
   readonly ticksPerSecond: number
+  /** The run's time left, printed as each target and phase starts. */
+  readonly progress: BenchProgress
 }
 
 /**
@@ -67,9 +70,10 @@ export async function measureTargets(setup: TargetsSetup): Promise<{ targets: Ta
   const targets: TargetResult[] = []
   try {
     let directRuns = 0
-    for (const target of setup.plan.targets) {
+    const count = setup.plan.targets.length
+    for (const [index, target] of setup.plan.targets.entries()) {
       const label = target === 'direct' ? (directRuns++ === 0 ? 'direct' : 'direct (end)') : target
-      process.stdout.write(`${label}:\n`)
+      process.stdout.write(`${label}: target ${index + 1} of ${count} — ${setup.progress.targetStarts()}\n`)
       targets.push(await measureTarget(target, label, upstream, setup))
     }
   } finally {
@@ -200,7 +204,7 @@ async function measureRunning(
     ticksPerSecond: setup.ticksPerSecond,
     ...(redis === undefined ? {} : { redis }),
   }
-  const phases = await measureTargetPhases(label, proc?.url ?? upstream.url, watch, setup.plan, clientHeaders(apiKey))
+  const phases = await measureTargetPhases(label, proc?.url ?? upstream.url, watch, setup.plan, clientHeaders(apiKey), setup.progress)
   return {
     target,
     label,
