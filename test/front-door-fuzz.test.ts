@@ -251,7 +251,7 @@ const fieldValueArb = (max = 60) =>
   })
 const utf8AsLatin1 = (s: string) => Buffer.from(s, 'utf8').toString('latin1')
 
-type RouteKind = 'chat' | 'models' | 'model-id' | 'healthz' | 'readyz' | 'metrics' | 'junk'
+type RouteKind = 'chat' | 'models' | 'model-id' | 'healthz' | 'readyz' | 'metrics' | 'status' | 'junk'
 
 const ROUTE_PATHS: Record<Exclude<RouteKind, 'model-id' | 'junk'>, readonly string[]> = {
   chat: ['/chat/completions', '/v1/chat/completions'],
@@ -259,6 +259,7 @@ const ROUTE_PATHS: Record<Exclude<RouteKind, 'model-id' | 'junk'>, readonly stri
   healthz: ['/healthz'],
   readyz: ['/readyz'],
   metrics: ['/metrics'],
+  status: ['/status', '/status.json'],
 }
 
 const modelIdArb = fc.oneof(
@@ -327,7 +328,7 @@ const junkTargetArb = fc
       'example.com:443',
       'healthz',
       '/admin/keys',
-      '/status',
+      '/statuz',
       '//',
       '/\\',
     ),
@@ -905,6 +906,7 @@ const routeKindArb = fc.oneof(
   w(4, fc.constant<RouteKind>('healthz')),
   w(3, fc.constant<RouteKind>('readyz')),
   w(3, fc.constant<RouteKind>('metrics')),
+  w(2, fc.constant<RouteKind>('status')),
   w(19, fc.constant<RouteKind>('junk')),
 )
 
@@ -1114,7 +1116,7 @@ function maxNesting(text: Buffer): number {
 const headerValues = (headers: readonly HeaderLine[], name: string) =>
   headers.filter((h) => h.raw === undefined && h.name.toLowerCase() === name).map((h) => h.value.replace(/^[ \t]+|[ \t]+$/g, ''))
 
-type Outcome = 'refuse' | 'chat' | 'timeout' | 'models' | 'model-found' | 'healthz' | 'readyz' | 'metrics'
+type Outcome = 'refuse' | 'chat' | 'timeout' | 'models' | 'model-found' | 'healthz' | 'readyz' | 'metrics' | 'status'
 
 interface Expectation {
   readonly outcomes: ReadonlySet<Outcome>
@@ -1596,9 +1598,11 @@ function outcomeOf(r: ParsedResponse, expectation: Expectation): Outcome {
   }
   if (text === '{"status":"ok"}') return 'healthz'
   if (/^text\/plain/.test(header(r, 'content-type') ?? '') && text.startsWith('# HELP')) return 'metrics'
+  if (/^text\/html/.test(header(r, 'content-type') ?? '') && text.includes('<title>toprouter-proxy status</title>')) return 'status'
   try {
-    const parsed = JSON.parse(text) as { status?: unknown; id?: unknown; breakers?: unknown }
+    const parsed = JSON.parse(text) as { status?: unknown; id?: unknown; breakers?: unknown; models?: unknown; lastErrors?: unknown }
     if (parsed.status === 'ready' && typeof parsed.breakers === 'object') return 'readyz'
+    if (Array.isArray(parsed.models) && Array.isArray(parsed.lastErrors)) return 'status'
     const listed = MODEL_LIST.data.find((m) => m.id === parsed.id)
     if (listed !== undefined && JSON.stringify(parsed) === JSON.stringify(listed)) {
       if (expectation.modelId && !expectation.modelId.ambiguous && parsed.id !== expectation.modelId.id)
