@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net'
+import { type AddressInfo, createConnection, type Socket } from 'node:net'
 
 /**
  * A scripted origin on port 0, one per test: it records every request it receives and answers
@@ -156,11 +156,22 @@ export async function sendSse(res: ServerResponse, events: string[], delayMs = 0
   res.end()
 }
 
-/** A URL on which nothing listens: a port that was just bound and released. */
+/**
+ * A URL on which nothing listens: port 1 (tcpmux), which no service here binds. A port bound and
+ * released is not enough: with test files running in parallel, another test's server (a fake
+ * upstream, a private Redis or PostgreSQL) may take it in between, and the "refused" connection
+ * then reaches it and hangs.
+ */
 export async function closedPortUrl(): Promise<string> {
-  const server = createNetServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve, reject) => server.close((err) => (err ? reject(err) : resolve())))
-  return `http://127.0.0.1:${port}`
+  const url = 'http://127.0.0.1:1'
+  const refused = await new Promise<boolean>((resolve) => {
+    const socket = createConnection(1, '127.0.0.1')
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(false)
+    })
+    socket.once('error', () => resolve(true))
+  })
+  if (!refused) throw new Error(`${url} accepts connections: the closed-port tests need a port nothing listens on`)
+  return url
 }
