@@ -1,6 +1,6 @@
 import type { Logger } from 'pino'
 import { Counter, type Registry } from 'prom-client'
-import type { Config } from './config.js'
+import { type Config, deepFreeze, isPlainObject } from './config.js'
 
 /**
  * Hot reload (SIGHUP, `POST /admin/reload`): the config is loaded again from the same sources, the
@@ -139,16 +139,4 @@ function copyPath(from: unknown, to: Record<string, unknown>, path: string): voi
   const value = isPlainObject(source) ? source[last] : undefined
   if (value === undefined) delete target[last]
   else target[last] = structuredClone(value)
-}
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
-}
-
-function deepFreeze<T>(value: T): T {
-  if (typeof value === 'object' && value !== null) {
-    for (const child of Object.values(value)) deepFreeze(child)
-    Object.freeze(value)
-  }
-  return value
 }

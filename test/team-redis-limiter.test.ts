@@ -44,6 +44,17 @@ async function replica(t: Test, prefix: string, overrides: Partial<RedisKeyLimit
   return { limiter, lines }
 }
 
+/** The names of the commands the limiter sends to Redis from now on, in order. */
+function commandsSent(limiter: RedisKeyLimiter): string[] {
+  const sent: string[] = []
+  const send = limiter.redis.sendCommand.bind(limiter.redis)
+  limiter.redis.sendCommand = ((command, ...rest) => {
+    sent.push(command.name)
+    return send(command, ...rest)
+  }) as typeof send
+  return sent
+}
+
 function refused(t: Test, admission: Admission, limit: string): void {
   t.equal(admission.ok, false, `refused for ${limit}`)
   if (!admission.ok) t.equal(admission.limit, limit)
@@ -172,12 +183,7 @@ t.test('one Redis round trip per admission; settle and release together one comm
   if (!(await needSharedRedis(t))) return
   const prefix = prefixFor(t)
   const a = await replica(t, prefix)
-  const sent: string[] = []
-  const send = a.limiter.redis.sendCommand.bind(a.limiter.redis)
-  a.limiter.redis.sendCommand = ((command, ...rest) => {
-    sent.push(command.name)
-    return send(command, ...rest)
-  }) as typeof send
+  const sent = commandsSent(a.limiter)
   const limits = { rpm: 100, tpm: 10_000, maxConcurrent: 10 }
   const warm = await a.limiter.admit(ask(limits, { estimatedTokens: 10 })) // the script is loaded once (EVALSHA, else EVAL)
   if (warm.ok) warm.permit.release()
@@ -270,12 +276,7 @@ t.test('a budget refusal takes nothing of rpm or concurrency; the seeded admissi
   const prefix = prefixFor(t)
   const store = storeSpend({ tokens: 500, usd: 0 })
   const a = await replica(t, prefix, { spendSince: store.spendSince })
-  const sent: string[] = []
-  const send = a.limiter.redis.sendCommand.bind(a.limiter.redis)
-  a.limiter.redis.sendCommand = ((command, ...rest) => {
-    sent.push(command.name)
-    return send(command, ...rest)
-  }) as typeof send
+  const sent = commandsSent(a.limiter)
   const limits = { rpm: 2, maxConcurrent: 1 }
   refused(t, await a.limiter.admit(ask(limits, { budget: budgetOf(100) })), 'budget')
   t.ok(sent.length >= 3, `the first: admit, seed, admit again (${sent.join(', ')})`)
