@@ -6,6 +6,15 @@ import type { LogLevel } from './config.js'
  * headers itself; redaction is the second line of defence, not the first.
  */
 
+/**
+ * What a module that reports events and transitions needs of the logger: pino's Logger is one, and
+ * tests pass a recorder. The retrier, the Redis parts and the usage writer all take this.
+ */
+export interface EventLog {
+  info(details: object, message: string): void
+  warn(details: object, message: string): void
+}
+
 export const REDACTED_PATHS = [
   'authorization',
   'apiKey',

@@ -1,10 +1,11 @@
 import type { Config } from '../config.js'
 import type { Failure } from '../failures.js'
 import type { HeaderMap } from '../http-headers.js'
+import type { EventLog } from '../logging.js'
 import type { Metrics } from '../metrics.js'
 import type { RequestClock } from '../request-clock.js'
 import type { Served, UpstreamTrace } from '../upstream/attempt.js'
-import type { Retrier, RetryLog } from '../upstream/retrier.js'
+import type { Retrier } from '../upstream/retrier.js'
 import { bodyFor, type ChatRequest, modelChain } from './chat-request.js'
 
 /**
@@ -21,7 +22,7 @@ export interface ChainRun {
   readonly headers: HeaderMap
   readonly clock: RequestClock
   readonly trace: UpstreamTrace
-  readonly log: RetryLog
+  readonly log: EventLog
   /** Team mode: a fallback the member's key may not use is skipped, never called. */
   readonly allows?: ((model: string) => boolean) | undefined
 }

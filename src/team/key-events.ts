@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis'
+import type { EventLog } from '../logging.js'
 import { commandConnection, subscriberConnection } from './redis-connection.js'
 
 /**
@@ -13,15 +14,10 @@ import { commandConnection, subscriberConnection } from './redis-connection.js'
  * reconnect the whole key cache is dropped (`onMissedChanges`): each key is read once more.
  */
 
-export interface KeyEventsLog {
-  info(details: object, message: string): void
-  warn(details: object, message: string): void
-}
-
 export interface KeyEventsOptions {
   readonly redisUrl: string
   readonly keyPrefix: string
-  readonly log: KeyEventsLog
+  readonly log: EventLog
   /** Called with the id of every key changed on any replica (this one included). */
   readonly onKeyChanged: (keyId: string) => void
   /** The subscriber reconnected: changes may have been missed meanwhile. */

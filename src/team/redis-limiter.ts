@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis'
+import type { EventLog } from '../logging.js'
 import { type BudgetWindow, createMemoryBudgetLedger, NOTHING_SPENT_BEFORE, type SpendSince } from './budget.js'
 import { nextPeriodStartMs } from './cost.js'
 import { createKeyQueue } from './key-queue.js'
@@ -41,11 +42,6 @@ import { commandConnection } from './redis-connection.js'
  * no command waits on a dead Redis (no offline queue, a short command timeout, no retries).
  */
 
-export interface RedisLimiterLog {
-  info(details: object, message: string): void
-  warn(details: object, message: string): void
-}
-
 export interface RedisKeyLimiterOptions extends Omit<KeyLimiterOptions, 'budgets'> {
   readonly redisUrl: string
   /** Seeds a budget period's counter: the key's spend recorded in the usage store since its start. @default nothing spent */
@@ -55,7 +51,7 @@ export interface RedisKeyLimiterOptions extends Omit<KeyLimiterOptions, 'budgets
   /** Every Redis key starts with it; replicas with the same prefix share limits. */
   readonly keyPrefix: string
   readonly failure: 'open' | 'closed'
-  readonly log: RedisLimiterLog
+  readonly log: EventLog
   /** Per command. @default 200 */
   readonly commandTimeoutMs?: number
   /** How long a slot outlives its request's deadline. @default 5000 */

@@ -1,11 +1,12 @@
 import type { Registry } from 'prom-client'
 import type { Config } from '../config.js'
 import type { ReloadReport } from '../config-reload.js'
+import type { EventLog } from '../logging.js'
 import type { RouteEntry } from '../routes/table.js'
 import type { ModelPauses } from '../upstream/model-pauses.js'
 import { createAdminRoutes } from './admin-routes.js'
 import { createMemoryBudgetLedger, type SpendSince } from './budget.js'
-import { createTeamGateway, type TeamGateway, type TeamGatewayLog } from './gateway.js'
+import { createTeamGateway, type TeamGateway } from './gateway.js'
 import { createKeyCache } from './key-cache.js'
 import { createKeyEvents, type KeyEvents } from './key-events.js'
 import type { KeyRecord } from './keys.js'
@@ -15,7 +16,7 @@ import { createRedisKeyLimiter, type RedisKeyLimiter } from './redis-limiter.js'
 import { createTeamMetrics, type KeyRequestListener } from './team-metrics.js'
 import { openTeamService, type TeamService } from './team-service.js'
 import type { UsageRecord } from './usage.js'
-import { createUsageWriter, type UsageWriterLog } from './usage-writer.js'
+import { createUsageWriter } from './usage-writer.js'
 
 /**
  * Team mode, opened once at startup (main.ts loads this module only when `team.enabled`): the
@@ -52,7 +53,7 @@ export interface TeamMode {
 }
 
 export interface TeamModeOptions {
-  readonly log: TeamGatewayLog & UsageWriterLog
+  readonly log: EventLog
   /** Monotonic ms. @default performance.now */
   readonly now?: () => number
   readonly wallClockNow?: () => number

@@ -1,3 +1,4 @@
+import type { EventLog } from '../logging.js'
 /**
  * Usage records leave the request path at once and reach the store in batches, every
  * `usageFlushMs` and at drain. When the store fails (locked, read-only, disk full, gone), requests
@@ -9,11 +10,6 @@ export interface UsageSink<T> {
   write(records: readonly T[]): Promise<void>
 }
 
-export interface UsageWriterLog {
-  warn(details: object, message: string): void
-  info(details: object, message: string): void
-}
-
 export interface UsageWriterOptions<T> {
   readonly sink: UsageSink<T>
   readonly flushMs: number
@@ -21,7 +17,7 @@ export interface UsageWriterOptions<T> {
   readonly maxQueued: number
   /** Records per store write. @default 500 */
   readonly batchSize?: number
-  readonly log: UsageWriterLog
+  readonly log: EventLog
 }
 
 export interface UsageWriter<T> {

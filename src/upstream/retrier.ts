@@ -1,6 +1,7 @@
 import type { Config } from '../config.js'
 import { ProxyError, withoutStack } from '../errors.js'
 import { abortFailure, Failure, failure, statusFailure } from '../failures.js'
+import type { EventLog } from '../logging.js'
 import type { Metrics } from '../metrics.js'
 import { type RequestClock, waitUnlessAborted } from '../request-clock.js'
 import type { AttemptBreakerState, AttemptEnd, AttemptSpan } from '../tracing/request-tracer.js'
@@ -18,18 +19,13 @@ import { decideRetry } from './retry-policy.js'
  */
 
 /** The part of a pino logger the retrier writes to. */
-export interface RetryLog {
-  info(details: object, message: string): void
-  warn(details: object, message: string): void
-}
-
 export interface RetryRun {
   /** The breaker and metric key: the model id, or `/models`. */
   readonly key: string
   readonly spec: AttemptSpec
   readonly clock: RequestClock
   readonly trace: UpstreamTrace
-  readonly log: RetryLog
+  readonly log: EventLog
   /** Whether a fallback model follows: a failure that moves on at once does not retry then. */
   readonly hasNextModel: boolean
 }
