@@ -1,14 +1,15 @@
 import type { ServerResponse } from 'node:http'
-import { bodyFor, type ChatRequest } from '../chat/chat-request.js'
+import type { ChatRequest } from '../chat/chat-request.js'
 import type { Config } from '../config.js'
 import type { Failure } from '../failures.js'
 import type { HeaderMap } from '../http-headers.js'
+import type { EventLog } from '../logging.js'
 import type { Metrics } from '../metrics.js'
 import { modelMatcher } from '../model-glob.js'
 import { RequestClock } from '../request-clock.js'
 import type { ChunkTap } from '../streaming/sse.js'
 import type { Served, UpstreamTrace } from '../upstream/attempt.js'
-import type { Retrier, RetryLog } from '../upstream/retrier.js'
+import type { Retrier } from '../upstream/retrier.js'
 import { StreamTextTap } from './stream-text.js'
 
 /**
@@ -46,7 +47,7 @@ export interface ContinuableStream {
   /** The client's response: a continuation is abandoned when it closes. */
   readonly response: ServerResponse
   readonly trace: UpstreamTrace
-  readonly log: RetryLog
+  readonly log: EventLog
   /** Team mode's usage tap, which sees the bytes before the text tap. */
   readonly innerTap: ChunkTap | undefined
 }
@@ -143,7 +144,8 @@ export function nextPrefillModel(chain: readonly string[], current: string, mayP
 
 /** The request for `model` with the text so far as an assistant message to continue from. */
 export function prefillBody(chat: ChatRequest, model: string, text: string): Buffer {
-  const fields = JSON.parse(bodyFor(chat, model).toString('utf8')) as Record<string, unknown>
+  // From the parsed request (as the upstream got it): the request-level `fallbacks` stays out.
+  const { fallbacks: _stripped, ...fields } = chat.parsed
   const messages = Array.isArray(fields.messages) ? fields.messages : []
-  return Buffer.from(JSON.stringify({ ...fields, messages: [...messages, { role: 'assistant', content: text }] }))
+  return Buffer.from(JSON.stringify({ ...fields, model, messages: [...messages, { role: 'assistant', content: text }] }))
 }
