@@ -15,15 +15,19 @@ export const DEMO_ANSWER = 'The quick brown fox jumps over the lazy dog, twice.'
 export const CHUNKS_BEFORE_CUT = 3
 const CHUNK_DELAY_MS = 15
 
-/** What TopRouter sends on every answer: a quota window far from spent. */
-const RATE_LIMIT_HEADERS: Readonly<Record<string, string>> = {
+/**
+ * What TopRouter sends on every response, errors included: a quota window that is far from spent
+ * (59 of 60 requests left, refilling in 30 s). None of it asks the client to wait. The tests' fake
+ * upstream sends the same.
+ */
+export const TOPROUTER_RATE_LIMIT_HEADERS: Readonly<Record<string, string>> = Object.freeze({
   'x-ratelimit-limit-requests': '60',
   'x-ratelimit-remaining-requests': '59',
   'x-ratelimit-reset-requests': '30s',
   'x-ratelimit-limit-tokens': '1000000',
   'x-ratelimit-remaining-tokens': '999000',
   'x-ratelimit-reset-tokens': '15s',
-}
+})
 
 export interface FaultUpstream {
   readonly url: string
@@ -48,7 +52,7 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
     const chunks: Buffer[] = []
     req.on('data', (chunk: Buffer) => chunks.push(chunk))
     req.on('end', () => {
-      for (const [name, value] of Object.entries(RATE_LIMIT_HEADERS)) res.setHeader(name, value)
+      for (const [name, value] of Object.entries(TOPROUTER_RATE_LIMIT_HEADERS)) res.setHeader(name, value)
       answer(req, res, Buffer.concat(chunks), counts)
     })
   })

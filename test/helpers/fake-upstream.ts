@@ -31,18 +31,9 @@ interface Teardown {
   teardown(fn: () => unknown): void
 }
 
-/**
- * What TopRouter sends on every response, errors included: a quota window that is far from spent
- * (59 of 60 requests left, refilling in 30 s). None of it asks the client to wait.
- */
-export const TOPROUTER_RATE_LIMIT_HEADERS: Readonly<Record<string, string>> = Object.freeze({
-  'x-ratelimit-limit-requests': '60',
-  'x-ratelimit-remaining-requests': '59',
-  'x-ratelimit-reset-requests': '30s',
-  'x-ratelimit-limit-tokens': '1000000',
-  'x-ratelimit-remaining-tokens': '999000',
-  'x-ratelimit-reset-tokens': '15s',
-})
+import { TOPROUTER_RATE_LIMIT_HEADERS } from '../../src/demo/fault-upstream.js'
+
+export { TOPROUTER_RATE_LIMIT_HEADERS }
 
 export interface FakeUpstreamOptions {
   /**
