@@ -9,7 +9,7 @@ import { commandConnection, subscriberConnection } from './redis-connection.js'
  * its key cache at once. Without Redis, or while it is down, `keyCacheTtlMs` is the safety net.
  *
  * No command waits on a dead Redis: the publisher has no offline queue and short timeouts; the
- * subscriber reconnects by itself and ioredis resubscribes on reconnect (autoResubscribe). A
+ * subscriber reconnects by itself and subscribes again on reconnect (redis-connection.ts). A
  * change published while this replica's subscriber was away is not delivered later, so on every
  * reconnect the whole key cache is dropped (`onMissedChanges`): each key is read once more.
  */
@@ -50,7 +50,7 @@ export function createKeyEvents(options: KeyEventsOptions): KeyEvents {
   const channel = keyEventsChannel(options.keyPrefix)
   const connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS
   const publisher = publisherFor(options.redisUrl, connectTimeoutMs, true)
-  const subscriber = subscriberConnection(options.redisUrl, { connectTimeoutMs })
+  const subscriber = subscriberConnection(options.redisUrl, channel, { connectTimeoutMs })
   subscriber.on('error', ignore)
   subscriber.on('message', (from: string, keyId: string) => {
     if (from === channel && keyId !== '') onKeyChanged(keyId)

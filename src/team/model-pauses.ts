@@ -32,9 +32,9 @@ export function createRedisModelPauses(options: RedisModelPausesOptions): RedisM
   const keyOf = (model: string) => `${keyPrefix}pause:${model}`
   const timeouts = { commandTimeoutMs: 500, connectTimeoutMs: 1_000 }
   const publisher = commandConnection(options.redisUrl, timeouts)
-  // The subscriber keeps its SUBSCRIBE queued while Redis is down and re-subscribes after a
-  // reconnect by itself (ioredis autoResubscribe).
-  const subscriber = subscriberConnection(options.redisUrl, timeouts)
+  // The subscriber keeps its SUBSCRIBE queued while Redis is down and subscribes again after a
+  // reconnect (redis-connection.ts).
+  const subscriber = subscriberConnection(options.redisUrl, channel, timeouts)
   publisher.on('error', ignore)
   subscriber.on('error', ignore)
   subscriber.on('message', (from: string, message: string) => {

@@ -30,17 +30,32 @@ export function commandConnection(redisUrl: string, options: CommandConnectionOp
   })
 }
 
+/**
+ * A subscriber to `channel`: the caller's first SUBSCRIBE waits in the offline queue for the
+ * connection, and every reconnect subscribes again. Not ioredis's autoResubscribe: its SUBSCRIBE
+ * after a reconnect is a promise no one handles, so a connection closing again before the reply
+ * (Redis flapping, or the drain) would be an unhandled rejection, which ends the process.
+ */
 export function subscriberConnection(
   redisUrl: string,
+  channel: string,
   options: { readonly connectTimeoutMs: number; readonly commandTimeoutMs?: number },
 ): Redis {
-  return new Redis(redisUrl, {
+  const subscriber = new Redis(redisUrl, {
     lazyConnect: true,
     enableOfflineQueue: true,
     maxRetriesPerRequest: null,
-    autoResubscribe: true,
+    autoResubscribe: false,
     connectTimeout: options.connectTimeoutMs,
     ...(options.commandTimeoutMs === undefined ? {} : { commandTimeout: options.commandTimeoutMs }),
     retryStrategy: reconnectSoon,
   })
+  let readyBefore = false
+  subscriber.on('ready', () => {
+    if (readyBefore) subscriber.subscribe(channel).catch(ignore)
+    readyBefore = true
+  })
+  return subscriber
 }
+
+function ignore(): void {}
