@@ -34,34 +34,95 @@ export function buildLogger(level: LogLevel, destination?: DestinationStream): L
     redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
     timestamp: pino.stdTimeFunctions.isoTime,
   }
-  // Asynchronous stdout: lines written while a write is in flight go out together, instead of one
-  // write(2) per request on the hot path. drainLogs() must run before the process exits.
-  return pino(options, destination ?? pino.destination({ fd: 1, sync: false }))
+  return pino(options, destination ?? batchedStdout())
 }
 
-interface AsyncDestination {
-  readonly _writing?: boolean
+/** A batch of log lines is written once it holds this much, or this long after its first line. */
+const LOG_BATCH_BYTES = 4096
+const LOG_BATCH_MS = 100
+
+interface SonicBoomState {
+  readonly _len: number
+  readonly _writing: boolean
+  readonly destroyed: boolean
+  write(line: string): boolean
+  flush(): void
   once(event: 'drain' | 'error', listener: () => void): unknown
+  on(event: 'drain', listener: () => void): unknown
+}
+
+/** How the one line per request (request-log.ts) ends; every other line is an event. */
+const REQUEST_LINE_END = '"msg":"request"}\n'
+
+/**
+ * Asynchronous stdout, the per-request lines in batches. Each asynchronous write goes through
+ * libuv's thread pool (a wake-up there and back, ~7 system calls), so one write per request line
+ * would cost more than the request's own network I/O; they are gathered up to 4 KB or 100 ms
+ * instead. Any other line (a warning, a transition, the listening line) goes out at once, with the
+ * request lines gathered before it. drainLogs() must run before the process exits.
+ */
+function batchedStdout(): DestinationStream {
+  const stdout = pino.destination({ fd: 1, sync: false, minLength: LOG_BATCH_BYTES }) as unknown as SonicBoomState
+  let timer: NodeJS.Timeout | undefined
+  const startTimer = () => {
+    timer = setTimeout(flushBatch, LOG_BATCH_MS)
+    timer.unref()
+  }
+  // A flush while a write is in flight does nothing, so what is still gathered waits for the next timer.
+  const flushBatch = () => {
+    timer = undefined
+    flushBuffered(stdout)
+    if (stdout._len > 0) startTimer()
+  }
+  // An event line that came while a write was in flight goes out as soon as that write is done.
+  let eventWaiting = false
+  stdout.on('drain', () => {
+    if (!eventWaiting) return
+    eventWaiting = false
+    flushBuffered(stdout)
+  })
+  const write = stdout.write.bind(stdout)
+  stdout.write = (line: string) => {
+    const accepted = write(line)
+    if (!line.endsWith(REQUEST_LINE_END)) {
+      if (stdout._writing) eventWaiting = true
+      else flushBuffered(stdout)
+    }
+    if (timer === undefined && stdout._len > 0) startTimer()
+    return accepted
+  }
+  return stdout as unknown as DestinationStream
+}
+
+function flushBuffered(stdout: SonicBoomState): void {
+  if (stdout._len > 0 && !stdout._writing && !stdout.destroyed) stdout.flush()
+}
+
+function stdoutOf(logger: Logger): SonicBoomState | undefined {
+  const destination = (logger as unknown as Record<symbol, Partial<SonicBoomState> | undefined>)[pino.symbols.streamSym]
+  return typeof destination?._len === 'number' ? (destination as SonicBoomState) : undefined
 }
 
 /**
- * Waits until the stdout destination has written everything, so nothing is lost at exit and
- * pino's exit-time flushSync() has nothing left to write. That matters: flushSync() retries a
- * failed write forever, so with the reader of stdout gone (Ctrl-C on `proxy | pino-pretty`) an
- * unflushed buffer would hang the exit. An async write that fails instead emits 'error', which
- * pino answers by turning the destination into a no-op.
+ * Writes what is gathered and waits until the stdout destination has written everything, so
+ * nothing is lost at exit and pino's exit-time flushSync() has nothing left to write. That
+ * matters: flushSync() retries a failed write forever, so with the reader of stdout gone (Ctrl-C
+ * on `proxy | pino-pretty`) an unflushed buffer would hang the exit. An async write that fails
+ * instead emits 'error', which pino answers by turning the destination into a no-op.
  */
 export function drainLogs(logger: Logger, timeoutMs = 2000): Promise<void> {
-  const destination = (logger as unknown as Record<symbol, AsyncDestination | undefined>)[pino.symbols.streamSym]
-  if (destination?._writing !== true) return Promise.resolve()
+  const stdout = stdoutOf(logger)
+  if (stdout === undefined) return Promise.resolve()
+  flushBuffered(stdout)
+  if (!stdout._writing) return Promise.resolve()
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, timeoutMs)
     const done = () => {
       clearTimeout(timer)
       resolve()
     }
-    destination.once('drain', done)
-    destination.once('error', done)
+    stdout.once('drain', done)
+    stdout.once('error', done)
   })
 }
 

@@ -173,6 +173,10 @@ class SseRelay implements RelayedStream {
   private readonly tap: ChunkTap | undefined
   private readonly resume: ResumeStream | undefined
   private resolveEnded: (ending: StreamEnding) => void = ignoreError
+  /** What was forwarded in this turn of the event loop and is not written yet. */
+  private pending: Buffer[] = []
+  private writeQueued = false
+  private readonly writePendingNow = () => this.writePending()
 
   constructor(destination: StreamDestination, idleTimeoutMs: number, tap: ChunkTap | undefined, resume: ResumeStream | undefined) {
     this.destination = destination
@@ -209,7 +213,10 @@ class SseRelay implements RelayedStream {
       // The whole body arrived with the first event and its 'end' has already been emitted.
       this.finish(undefined)
     } else if (!this.isEnded && !this.waitingForDrain) {
-      // awaitFirstEvent left the body explicitly paused, which a new 'data' listener does not undo.
+      // What arrived with the first event is read now, so that it leaves in the same write as the
+      // first event; awaitFirstEvent left the body explicitly paused, which a new 'data' listener
+      // does not undo.
+      body.read()
       body.resume()
     }
   }
@@ -219,10 +226,40 @@ class SseRelay implements RelayedStream {
     // The markers are looked for in what the upstream sent; the client gets what the tap passes.
     if (!this.sawDone) this.scan(chunk)
     const forwarded = this.tap === undefined ? chunk : this.tap.push(chunk)
-    if (forwarded.length > 0 && !this.destination.write(forwarded)) {
+    if (forwarded.length === 0) return
+    this.pending.push(forwarded)
+    if (!this.writeQueued) {
+      this.writeQueued = true
+      queueMicrotask(this.writePendingNow)
+    }
+  }
+
+  /**
+   * One socket read brings several chunks at once, each its own 'data' event, and the body's
+   * 'end' follows on the next tick. They are written together once those have run: one chunk
+   * frame and one system call instead of one per chunk, and the last chunk leaves with the
+   * response's end.
+   */
+  private writePending(): void {
+    this.writeQueued = false
+    if (this.isEnded || this.pending.length === 0) return
+    if (!this.destination.write(this.takePending())) {
       this.waitingForDrain = true
       this.body?.pause()
     }
+  }
+
+  private takePending(): Buffer {
+    const { pending } = this
+    this.pending = []
+    return pending.length === 1 ? (pending[0] as Buffer) : Buffer.concat(pending)
+  }
+
+  /** Ends the response with what is still pending, then `last`. */
+  private endWithPending(last?: Buffer): void {
+    if (last !== undefined) this.pending.push(last)
+    if (this.pending.length === 0) this.destination.end()
+    else this.destination.end(this.takePending())
   }
 
   drained(): void {
@@ -236,12 +273,12 @@ class SseRelay implements RelayedStream {
     if (this.sawDone) {
       this.flushTap()
       this.report('done')
-      this.destination.end()
+      this.endWithPending()
     } else if (this.finished) {
       // A finished stream whose [DONE] never came (or that was cut after its finish) is complete.
       this.flushTap()
       this.report('done_added')
-      this.destination.end(DONE_EVENT)
+      this.endWithPending(DONE_EVENT)
     } else if (this.resume !== undefined) {
       this.continueAfter(failed ?? failure('stream_cut'), this.resume)
     } else {
@@ -255,6 +292,7 @@ class SseRelay implements RelayedStream {
    * from its first event, or the stream ends with this cut's error event.
    */
   private continueAfter(cut: Failure, resume: ResumeStream): void {
+    this.writePending()
     if (this.body !== undefined) discardBody(this.body)
     this.body = undefined
     this.tail = undefined
@@ -277,7 +315,7 @@ class SseRelay implements RelayedStream {
     if (this.isEnded) return
     this.flushTap()
     this.report(ENDING_OF_KIND[cut.kind] ?? 'cut')
-    this.destination.end(errorEvent(cut))
+    this.endWithPending(errorEvent(cut))
   }
 
   interrupt(failed: Failure): void {
@@ -285,16 +323,17 @@ class SseRelay implements RelayedStream {
     if (this.body !== undefined) discardBody(this.body)
     this.flushTap()
     this.report(ENDING_OF_KIND[failed.kind] ?? 'cut')
-    this.destination.end(errorEvent(failed))
+    this.endWithPending(errorEvent(failed))
   }
 
   private flushTap(): void {
     const held = this.tap?.flush()
-    if (held !== undefined && held.length > 0) this.destination.write(held)
+    if (held !== undefined && held.length > 0) this.pending.push(held)
   }
 
   destinationClosed(): void {
     if (this.isEnded) return
+    this.pending = []
     if (this.body !== undefined) discardBody(this.body)
     this.report('client_gone')
   }
