@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Dispatcher } from 'undici'
-import { Pool } from 'undici'
+import { Client, Pool } from 'undici'
 import type { Config } from '../config.js'
 import type { HeaderMap } from '../http-headers.js'
 import type { RequestSignal } from '../request-clock.js'
@@ -44,6 +44,7 @@ export function buildUpstreamClient(upstream: Config['upstream']): UpstreamClien
     pipelining: 1,
     keepAliveTimeout: upstream.keepAliveTimeoutMs,
     connect: { timeout: upstream.connectTimeoutMs, rejectUnauthorized: true },
+    factory: clientClosingUnneededConnections,
   })
 
   return {
@@ -64,6 +65,41 @@ export function buildUpstreamClient(upstream: Config['upstream']): UpstreamClien
       await pool.close()
     },
   }
+}
+
+/**
+ * The Pool's clients, each with its connector wrapped so that a connection that turns out to have
+ * nothing to send once it is up is closed at once instead of idling in the pool.
+ *
+ * undici 7.30 opens such a connection after every abort of an in-flight request
+ * (nodejs/undici#5845): the abort destroys the socket with an informational error, the socket's
+ * close handler (client-h1.js `onHttpSocketClose`) puts the aborted request back on the pending
+ * side of the queue, and `_resume` (client.js) connects for it before it checks `request.aborted`
+ * — only at write time, on the new socket, is the request dropped. A burst of aborts (clients
+ * leaving streams) would leave one idle connection per aborted request, each kept for the
+ * upstream's keep-alive hint.
+ *
+ * The connector's callback runs undici's connect handler synchronously, which writes the first
+ * pending request if there is one; a client with nothing queued right after it (`stats.size` 0)
+ * connected only for aborted requests, so the socket is destroyed. The Client stays in the pool,
+ * disconnected, and connects again when it is next given a request. A normal connect, made for a
+ * live request, is never touched, and keep-alive reuse is unchanged.
+ */
+function clientClosingUnneededConnections(origin: URL, opts: object): Dispatcher {
+  const options = opts as Pool.Options
+  const connect = options.connect
+  if (typeof connect !== 'function') return new Client(origin, options)
+  const client: Client = new Client(origin, {
+    ...options,
+    connect(connectOptions, callback) {
+      connect(connectOptions, (...args) => {
+        callback(...args)
+        const socket = args[1]
+        if (socket !== null && !socket.destroyed && client.stats.size === 0) socket.destroy()
+      })
+    },
+  })
+  return client
 }
 
 function ignore(): void {}
