@@ -6,9 +6,10 @@ import { startProxy } from './helpers/proxy.js'
 
 /**
  * Upstream connections after a burst of client aborts (issue 12, point 3; nodejs/undici#5845):
- * undici reconnects for every in-flight request it aborts, and without the proxy closing those
- * connections each aborted stream would leave an idle socket to the upstream until its keep-alive
- * timer (the upstream's hint, 3 s for Node's default 5 s) ran out. Counted at the fake upstream.
+ * undici reconnects for every in-flight request it aborts, and without the proxy refusing (or
+ * closing) those connections each aborted stream would leave an idle socket to the upstream until
+ * its keep-alive timer (the upstream's hint, 3 s for Node's default 5 s) ran out. Counted at the
+ * fake upstream.
  * Keep-alive reuse must stay: sequential requests share one connection.
  */
 
@@ -78,6 +79,7 @@ t.test(
     // inside the 3 s keep-alive such a connection would otherwise idle for, only closing it passes.
     await sleep(1000)
     t.ok(upstream.sockets.size <= 5, `upstream connections 1 s after the aborts: ${upstream.sockets.size} (≤ 5)`)
+    t.equal(upstream.sockets.size + upstream.closedSockets, STREAMS, 'no connection is opened for an aborted request')
 
     // The pool still serves, and sequential requests reuse one keep-alive connection.
     const before = requestSockets.length
