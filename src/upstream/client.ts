@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Dispatcher } from 'undici'
-import { Pool } from 'undici'
+import { Client, Pool } from 'undici'
 import type { Config } from '../config.js'
 import type { HeaderMap } from '../http-headers.js'
 import type { RequestSignal } from '../request-clock.js'
@@ -44,6 +44,7 @@ export function buildUpstreamClient(upstream: Config['upstream']): UpstreamClien
     pipelining: 1,
     keepAliveTimeout: upstream.keepAliveTimeoutMs,
     connect: { timeout: upstream.connectTimeoutMs, rejectUnauthorized: true },
+    factory: clientClosingUnneededConnections,
   })
 
   return {
@@ -64,6 +65,62 @@ export function buildUpstreamClient(upstream: Config['upstream']): UpstreamClien
       await pool.close()
     },
   }
+}
+
+/**
+ * The Pool's clients, each with its connector wrapped so that undici does not open (or keep) a
+ * connection that has no request to carry.
+ *
+ * undici 7.30 opens one after every abort of an in-flight request (nodejs/undici#5845): the abort
+ * destroys the socket with `InformationalError('aborted')` (client-h1.js `writeH1`), the socket's
+ * close handler (client-h1.js `onHttpSocketClose`) leaves a request that failed with an
+ * informational error on the queue and moves it back to the pending side, and `_resume`
+ * (client.js) connects for it before it looks at `request.aborted` — only at write time, on the
+ * new socket, is the request dropped. Each aborted stream would leave an idle connection, kept
+ * for the upstream's keep-alive hint.
+ *
+ * - The reconnect is refused: the client's `disconnect` event for that abort comes synchronously
+ *   right before the connect, and with one request queued and none running (pipelining 1) the
+ *   queued one is the aborted request. Failing the connect makes undici drop the queue (already
+ *   aborted, so nobody hears of it) and the Pool retire this client (`connectionError`); the next
+ *   request gets a new one.
+ * - Any other connection that comes up with nothing queued once undici's connect handler has run
+ *   (every request queued for it was aborted meanwhile) is closed at once.
+ *
+ * A connect for a live request, and keep-alive reuse, are untouched.
+ */
+function clientClosingUnneededConnections(origin: URL, opts: object): Dispatcher {
+  const options = opts as Pool.Options
+  const connect = options.connect
+  if (typeof connect !== 'function') return new Client(origin, options)
+  let reconnectForAbort = false
+  const client: Client = new Client(origin, {
+    ...options,
+    connect(connectOptions, callback) {
+      const stats = client.stats
+      if (reconnectForAbort && stats.size === 1 && stats.running === 0) {
+        reconnectForAbort = false
+        // Asynchronously, as a real connect fails: undici's handler resumes the client (its drain,
+        // its close) only when called outside the resume loop that asked for the connection.
+        queueMicrotask(() => callback(new Error('no connection needed: the only queued request was aborted'), null))
+        return
+      }
+      connect(connectOptions, (...args) => {
+        callback(...args)
+        // On an error the connector may pass no socket at all, not null.
+        const socket = args[0] === null ? args[1] : undefined
+        if (socket !== undefined && !socket.destroyed && client.stats.size === 0) socket.destroy()
+      })
+    },
+  })
+  client.on('disconnect', (_origin, _targets, error) => {
+    if ((error as { code?: string }).code !== 'UND_ERR_INFO' || error.message !== 'aborted') return
+    reconnectForAbort = true
+    queueMicrotask(() => {
+      reconnectForAbort = false
+    })
+  })
+  return client
 }
 
 function ignore(): void {}
