@@ -43,6 +43,8 @@ export function buildUpstreamClient(upstream: Config['upstream']): UpstreamClien
     connections: upstream.maxConnections,
     pipelining: 1,
     keepAliveTimeout: upstream.keepAliveTimeoutMs,
+    // The upstream's `Keep-Alive: timeout=N` hint may shorten how long an idle connection is kept, never lengthen it.
+    keepAliveMaxTimeout: upstream.keepAliveTimeoutMs,
     connect: { timeout: upstream.connectTimeoutMs, rejectUnauthorized: true },
     factory: clientClosingUnneededConnections,
   })
