@@ -57,9 +57,15 @@ export function forwardableRequestHeaders(incoming: IncomingHttpHeaders): Header
 
 /**
  * Upstream response headers → headers for the client, on a response whose body is passed through.
- * A header whose value contains `secret` (the gateway key, echoed by a careless upstream) is dropped.
+ * A header whose value contains `secret` (the gateway key, echoed by a careless upstream) is dropped;
+ * with `withoutRateLimits` (team mode, which sets the key's own), so are the `x-ratelimit-*`.
  */
-export function forwardableResponseHeaders(upstream: IncomingHttpHeaders, keepLength: boolean, secret?: string): HeaderMap {
+export function forwardableResponseHeaders(
+  upstream: IncomingHttpHeaders,
+  keepLength: boolean,
+  secret?: string,
+  withoutRateLimits = false,
+): HeaderMap {
   const listed = connectionListed(upstream.connection)
   const out: HeaderMap = {}
   for (const name in upstream) {
@@ -67,6 +73,7 @@ export function forwardableResponseHeaders(upstream: IncomingHttpHeaders, keepLe
     if (value === undefined) continue
     if (HOP_BY_HOP.has(name) || (!keepLength && FRAMING_ON_RESPONSE.has(name)) || name === 'date') continue
     if (listed?.has(name) || (secret !== undefined && containsSecret(value, secret))) continue
+    if (withoutRateLimits && name.startsWith('x-ratelimit-')) continue
     out[name] = value
   }
   return out

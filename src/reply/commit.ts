@@ -28,9 +28,9 @@ export interface CommitOptions {
 export function commit(reply: FastifyReply, served: Served, options: CommitOptions): RelayedStream | undefined {
   const { response, firstChunks, body } = served
   reply.code(response.statusCode)
-  const headers = forwardableResponseHeaders(response.headers, false, options.secret)
-  if (options.rateLimitHeaders !== undefined) replaceRateLimitHeaders(headers, options.rateLimitHeaders)
-  reply.headers(headers)
+  const own = options.rateLimitHeaders
+  reply.headers(forwardableResponseHeaders(response.headers, false, options.secret, own !== undefined))
+  if (own !== undefined) reply.headers(own)
   reply.header('x-proxy-attempts', String(options.attempts))
   reply.header('x-proxy-model', headerSafe(options.model))
   if (firstChunks === undefined) {

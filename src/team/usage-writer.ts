@@ -72,6 +72,12 @@ export function createUsageWriter<T>(options: UsageWriterOptions<T>): UsageWrite
     return true
   }
 
+  let flushSoon = false
+  function flushNow(): void {
+    flushSoon = false
+    void flush()
+  }
+
   function flush(): Promise<boolean> {
     flushing ??= writeAll().finally(() => {
       flushing = undefined
@@ -85,6 +91,13 @@ export function createUsageWriter<T>(options: UsageWriterOptions<T>): UsageWrite
       if (queue.length > maxQueued) {
         queue.shift()
         dropped++
+      }
+      // A full batch is written now rather than at the next tick: under load, records held for a
+      // whole flush interval outlive the young generation, and old-generation collections cost
+      // more than the writes.
+      if (healthy && !flushSoon && flushing === undefined && queue.length >= batchSize) {
+        flushSoon = true
+        setImmediate(flushNow)
       }
     },
     flush,
