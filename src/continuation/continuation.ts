@@ -8,7 +8,7 @@ import type { Metrics } from '../metrics.js'
 import { modelMatcher } from '../model-glob.js'
 import { RequestClock } from '../request-clock.js'
 import type { ChunkTap } from '../streaming/sse.js'
-import type { Served, UpstreamTrace } from '../upstream/attempt.js'
+import type { ServedStream, UpstreamTrace } from '../upstream/attempt.js'
 import type { Retrier } from '../upstream/retrier.js'
 import { StreamTextTap } from './stream-text.js'
 
@@ -56,7 +56,7 @@ export interface StreamContinuation {
   /** Passes the stream's bytes (all parts) and keeps the text the client has. */
   readonly tap: StreamTextTap
   /** After a cut or a stall: the next part, its first event read; undefined → the error event. */
-  resume(cut: Failure): Promise<Served | undefined>
+  resume(cut: Failure): Promise<ServedStream | undefined>
 }
 
 export interface StreamContinuer {
@@ -122,6 +122,15 @@ export function createStreamContinuer(deps: StreamContinuerDeps): StreamContinue
             stream.log.warn(
               { model: next, code: outcome.failure.code, status: outcome.failure.upstreamStatus },
               'stream continuation failed',
+            )
+            return undefined
+          }
+          if (outcome.served.firstChunks === undefined) {
+            // A JSON answer to the streaming request: nothing that can follow the events already sent.
+            metrics.streamContinuation(next, 'failed')
+            stream.log.warn(
+              { model: next, status: outcome.served.response.statusCode },
+              'stream continuation failed: the answer is not a stream',
             )
             return undefined
           }

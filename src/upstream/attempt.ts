@@ -4,7 +4,15 @@ import type { HeaderMap } from '../http-headers.js'
 import type { RequestClock } from '../request-clock.js'
 import { awaitFirstEvent } from '../streaming/sse.js'
 import type { RequestSpan } from '../tracing/request-tracer.js'
-import { discardBody, drainBody, readBodyUpTo, type UpstreamClient, type UpstreamResponse } from './client.js'
+import {
+  discardBody,
+  drainBody,
+  type ReceivedResponse,
+  readBodyUpTo,
+  type UpstreamClient,
+  type UpstreamResponse,
+  type UpstreamResponseHead,
+} from './client.js'
 import { normalizeUpstreamError } from './normalize.js'
 import { serverPushbackMs } from './retry-policy.js'
 
@@ -36,11 +44,12 @@ export interface UpstreamTrace {
 }
 
 /** An answer ready to commit: a stream's first chunks (the body paused after them), or a whole body. */
-export interface Served {
-  readonly response: UpstreamResponse
-  readonly firstChunks: readonly Buffer[] | undefined
-  readonly body: Buffer | undefined
-}
+export type Served =
+  | { readonly response: UpstreamResponse; readonly firstChunks: readonly Buffer[]; readonly body: undefined }
+  | { readonly response: UpstreamResponseHead; readonly firstChunks: undefined; readonly body: Buffer }
+
+/** A stream, committed at its first event. */
+export type ServedStream = Extract<Served, { readonly body: undefined }>
 
 export type AttemptResult = { readonly ok: true; readonly served: Served } | { readonly ok: false; readonly failure: Failure }
 
@@ -60,6 +69,8 @@ export interface AttempterDeps {
 
 /** Non-streaming answers and model lists are read whole; beyond this size something is wrong. */
 const MAX_BODY_BYTES = 64 * 1024 * 1024
+/** A 2xx that is not JSON is read this far, so that its connection can be kept, then cut (drainBody's limit). */
+const DRAINED_BODY_BYTES = 64 * 1024
 
 export function createAttempter(deps: AttempterDeps): Attempter {
   const { upstream, timeouts } = deps
@@ -75,9 +86,53 @@ export function createAttempter(deps: AttempterDeps): Attempter {
     bodyTimeoutMs: timeouts.streamIdleTimeoutMs,
   }
 
-  async function attempt(spec: AttemptSpec, clock: RequestClock, trace: UpstreamTrace): Promise<AttemptResult> {
+  /** Past these, a body is cut short: an error body, a 2xx that is not JSON (only its status matters), any other. */
+  function bodyLimit(head: UpstreamResponseHead): number {
+    if (head.statusCode < 200 || head.statusCode > 299) return timeouts.maxErrorBodyBytes
+    if (!isJson(head.headers['content-type'])) return DRAINED_BODY_BYTES
+    return Number(head.headers['content-length']) > MAX_BODY_BYTES ? 0 : MAX_BODY_BYTES
+  }
+
+  /**
+   * An attempt whose answer is read whole (not a stream): a non-2xx is normalised into a failure,
+   * a 2xx must be JSON and whole. A body read whole before it is committed makes a body cut
+   * half-way a retryable failure instead of a truncated 200.
+   */
+  async function receiveWhole(spec: AttemptSpec, clock: RequestClock, trace: UpstreamTrace): Promise<AttemptResult> {
     const startedAt = deps.now()
-    const context = spec.stream ? streamContext : responseContext
+    let received: ReceivedResponse
+    try {
+      received = await upstream.receive({
+        method: spec.method,
+        path: spec.path,
+        headers: spec.headers,
+        body: spec.body,
+        signal: clock.signal,
+        headersTimeoutMs: responseContext.timeoutMs,
+        bodyTimeoutMs: responseContext.bodyTimeoutMs,
+        bodyLimit,
+        onHead(head) {
+          trace.upstreamStatus = head.statusCode
+          trace.upstreamMs = Math.round(deps.now() - startedAt)
+        },
+      })
+    } catch (error: unknown) {
+      return { ok: false, failure: failureFrom(error, clock.signal, responseContext) }
+    }
+    const { statusCode, headers } = received
+    // A cut error body still yields an error naming the status.
+    if (statusCode < 200 || statusCode > 299)
+      return { ok: false, failure: failureOf(received, received.bodyError === undefined ? received.body : EMPTY) }
+    if (!isJson(headers['content-type'])) return { ok: false, failure: notJson(statusCode, headers, false) }
+    if (received.truncated) return { ok: false, failure: tooLarge() }
+    if (received.bodyError !== undefined) return { ok: false, failure: failureFrom(received.bodyError, clock.signal, responseContext) }
+    return { ok: true, served: { response: { statusCode, headers }, firstChunks: undefined, body: received.body } }
+  }
+
+  async function attempt(spec: AttemptSpec, clock: RequestClock, trace: UpstreamTrace): Promise<AttemptResult> {
+    if (!spec.stream) return receiveWhole(spec, clock, trace)
+    const startedAt = deps.now()
+    const context = streamContext
     let response: UpstreamResponse
     try {
       response = await upstream.send({
@@ -108,17 +163,9 @@ export function createAttempter(deps: AttempterDeps): Attempter {
     }
     if (!isJson(response.headers['content-type'])) {
       drainBody(response.body)
-      const asked = spec.stream ? ' to a streaming request' : ''
-      return {
-        ok: false,
-        failure: failure(
-          'invalid_response',
-          `The upstream answered ${response.statusCode} with content-type ${String(response.headers['content-type'] ?? 'none')}${asked}`,
-        ),
-      }
+      return { ok: false, failure: notJson(response.statusCode, response.headers, true) }
     }
-    // A non-streaming answer is read whole before it is committed, so a body cut half-way is a
-    // retryable failure instead of a truncated 200 — and sending a buffer is cheaper than a pipe.
+    // A stream asked for and a JSON answer given: read whole, as receiveWhole does.
     return readWhole(response, clock)
   }
 
@@ -129,8 +176,12 @@ export function createAttempter(deps: AttempterDeps): Attempter {
     } catch {
       // A cut error body still yields an error naming the status.
     }
-    const normalized = normalizeUpstreamError(response.statusCode, response.headers, body, deps.secret)
-    return statusFailure(response.statusCode, normalized, serverPushbackMs(response.statusCode, response.headers, deps.wallClockNow()))
+    return failureOf(response, body)
+  }
+
+  function failureOf(head: UpstreamResponseHead, body: Buffer): Failure {
+    const normalized = normalizeUpstreamError(head.statusCode, head.headers, body, deps.secret)
+    return statusFailure(head.statusCode, normalized, serverPushbackMs(head.statusCode, head.headers, deps.wallClockNow()))
   }
 
   async function readWhole(response: UpstreamResponse, clock: RequestClock): Promise<AttemptResult> {
@@ -157,6 +208,14 @@ export function createAttempter(deps: AttempterDeps): Attempter {
   }
 
   return { attempt }
+}
+
+function notJson(statusCode: number, headers: UpstreamResponseHead['headers'], streamAsked: boolean): Failure {
+  const asked = streamAsked ? ' to a streaming request' : ''
+  return failure(
+    'invalid_response',
+    `The upstream answered ${statusCode} with content-type ${String(headers['content-type'] ?? 'none')}${asked}`,
+  )
 }
 
 function tooLarge(): Failure {
