@@ -1,0 +1,60 @@
+import { appendFileSync } from 'node:fs'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+
+/**
+ * The soak's probe, preloaded into the proxy (`node --import results/.build/soak-probe.mjs dist/main.js`)
+ * so that heap, handles and event-loop delay are read from inside the proxy process without adding
+ * anything to the product. Every `SOAK_PROBE_INTERVAL_MS` (default 30000) it appends one JSON line to
+ * the file `SOAK_PROBE_FILE`:
+ *
+ *   {"t":ms since the probe started,"rss":B,"heapUsed":B,"heapUsedMin":B,"heapTotal":B,"external":B,
+ *    "arrayBuffers":B,"handles":N,"eldP50":ms,"eldP99":ms,"eldMax":ms}
+ *
+ * `heapUsed` is the reading at the end of the window; `heapUsedMin` the lowest of the once-a-second
+ * readings in the window (the floor of the GC sawtooth: what a leak raises). `handles` is
+ * `process.getActiveResourcesInfo().length` (sockets, timers, server handles…; the probe's own two
+ * timers included). The event-loop delay histogram (10 ms resolution) is reset after each line, so
+ * each line covers its own window; its figures are the delay beyond the 10 ms sampling interval. The timers are unref'd: the probe never keeps the proxy alive.
+ * A write that fails is dropped (the soak then sees a missing sample, not a crashed proxy).
+ */
+
+const file = process.env.SOAK_PROBE_FILE
+const intervalMs = Number(process.env.SOAK_PROBE_INTERVAL_MS ?? '30000')
+
+if (file !== undefined && file !== '' && Number.isFinite(intervalMs) && intervalMs > 0) {
+  const started = performance.now()
+  const delay = monitorEventLoopDelay({ resolution: 10 })
+  delay.enable()
+  let heapUsedMin = Number.POSITIVE_INFINITY
+  const everySecond = setInterval(() => {
+    heapUsedMin = Math.min(heapUsedMin, process.memoryUsage().heapUsed)
+  }, 1000)
+  everySecond.unref()
+  // The histogram records the time between the sampling timer's turns, so an idle loop reads ~10 ms:
+  // the delay is what is above the resolution.
+  const ms = (ns: number) => Math.max(0, Math.round((ns - 10e6) / 1e4) / 100)
+  const window = setInterval(() => {
+    const memory = process.memoryUsage()
+    const line = {
+      t: Math.round(performance.now() - started),
+      rss: memory.rss,
+      heapUsed: memory.heapUsed,
+      heapUsedMin: Math.min(heapUsedMin, memory.heapUsed),
+      heapTotal: memory.heapTotal,
+      external: memory.external,
+      arrayBuffers: memory.arrayBuffers,
+      handles: process.getActiveResourcesInfo().length,
+      eldP50: ms(delay.percentile(50)),
+      eldP99: ms(delay.percentile(99)),
+      eldMax: ms(delay.max),
+    }
+    delay.reset()
+    heapUsedMin = Number.POSITIVE_INFINITY
+    try {
+      appendFileSync(file, `${JSON.stringify(line)}\n`)
+    } catch {
+      // dropped: see above
+    }
+  }, intervalMs)
+  window.unref()
+}
