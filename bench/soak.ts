@@ -146,6 +146,17 @@ function logSummary(file: string): ModeResult['log'] {
   return log
 }
 
+/** The proxy's `request` log lines for the chat route, whatever the key (a client that left mid-body has none). */
+function chatRequestLines(file: string): number {
+  let count = 0
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    if (!line.includes('"msg":"request"')) continue
+    const entry = JSON.parse(line) as { msg?: unknown; route?: unknown }
+    if (entry.msg === 'request' && typeof entry.route === 'string' && entry.route.endsWith('/chat/completions')) count += 1
+  }
+  return count
+}
+
 function rowsByEnding(storePath: string, keyId: string): Record<string, number> {
   const db = new BetterSqlite3(storePath, { readonly: true, fileMustExist: true })
   try {
@@ -307,6 +318,9 @@ async function runMode(
     if (accounted !== counts.started) problems.push(`${counts.started} requests sent but ${accounted} counted by how they ended`)
     if (counts.peakOpenStreams < peakStreams) problems.push(`only ${counts.peakOpenStreams} streams open at once, not ${peakStreams}`)
     const log = logSummary(logFile)
+    const loggedRequests = chatRequestLines(logFile)
+    if (loggedRequests !== counts.started)
+      problems.push(`clients sent ${counts.started} requests but the proxy logged ${loggedRequests} (its request log lines, chat route)`)
     if (log.fatal > 0) problems.push(`the proxy logged ${log.fatal} fatal lines: ${log.sample[0] ?? ''}`)
 
     let usage: ModeResult['usage']
@@ -342,6 +356,7 @@ async function runMode(
       slopes,
       ...(usage === undefined ? {} : { usage }),
       log,
+      loggedRequests,
       proxyExit,
       problems,
     }

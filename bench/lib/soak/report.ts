@@ -61,6 +61,8 @@ export interface ModeResult {
   readonly slopes: SlopeCheck[]
   readonly usage?: UsageSummary
   readonly log: { lines: number; warn: number; error: number; fatal: number; sample: string[] }
+  /** The proxy's `request` log lines for the chat route, any key: must equal the requests sent. */
+  readonly loggedRequests: number
   readonly proxyExit: { code: number | null; signal: string | null; crashed: boolean }
   readonly problems: string[]
 }
@@ -134,6 +136,7 @@ function modeMarkdown(m: ModeResult): string {
     '| | count |',
     '| --- | --: |',
     `| sent (first byte written) | ${c.started} |`,
+    `| …logged by the proxy (its \`request\` lines, chat route, any key) | ${m.loggedRequests} |`,
     `| …streaming / non-streaming | ${c.byKind.stream} / ${c.byKind.nonStreaming} |`,
     `| body fully sent | ${c.bodySent} |`,
     `| got response headers | ${c.gotHeaders} |`,
