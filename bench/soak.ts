@@ -111,6 +111,7 @@ interface ProbeLine {
   rss: number
   heapUsed: number
   heapUsedMin: number
+  heapLive: number
   heapTotal: number
   external: number
   handles: number
@@ -226,6 +227,7 @@ async function runMode(
         rssMb,
         heapUsedMb: mb(line.heapUsed),
         heapUsedLowMb: mb(line.heapUsedMin),
+        heapLiveMb: mb(line.heapLive),
         heapTotalMb: mb(line.heapTotal),
         externalMb: mb(line.external),
         handles: line.handles,
@@ -257,6 +259,7 @@ async function runMode(
         sockets: socketCount(running.pid),
         handles: line.handles,
         heapUsedMb: mb(line.heapUsed),
+        heapLiveMb: mb(line.heapLive),
         upstreamActiveStreams: stats.activeStreams,
         upstreamConnections: stats.connections,
         secondsAfterLoad: Math.round((performance.now() - loadEnded) / 1000),
@@ -275,6 +278,7 @@ async function runMode(
         sockets: Number.NaN,
         handles: Number.NaN,
         heapUsedMb: Number.NaN,
+        heapLiveMb: Number.NaN,
         upstreamActiveStreams: Number.NaN,
         upstreamConnections: Number.NaN,
         secondsAfterLoad: Number.NaN,
@@ -286,7 +290,7 @@ async function runMode(
 
     const series: [SeriesName, (s: Sample) => number][] = [
       ['rssMb', (s) => s.rssMb],
-      ['heapUsedMb', (s) => s.heapUsedLowMb],
+      ['heapUsedMb', (s) => s.heapLiveMb],
       ['handles', (s) => s.handles],
       ['sockets', (s) => s.sockets],
       ['eldP99Ms', (s) => s.eldP99Ms],
@@ -381,14 +385,15 @@ async function main(): Promise<void> {
   const proxyCommand = { main: dist.main, cwd: paths.root }
   const upstreamScript = transpileHelper('upstream', paths)
   const probeScript = transpileHelper('soak-probe', paths)
-  const results: ModeResult[] = []
-  for (const mode of modes) results.push(await runMode(mode, upstreamScript, probeScript, proxyCommand))
+  // Read before the run: the commit whose code is being measured, not whatever HEAD is when it ends.
   let commit = 'unknown'
   try {
     commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: paths.root, encoding: 'utf8' }).trim()
   } catch {
     // not a checkout
   }
+  const results: ModeResult[] = []
+  for (const mode of modes) results.push(await runMode(mode, upstreamScript, probeScript, proxyCommand))
   const report: SoakReport = {
     when: new Date().toISOString(),
     commit,

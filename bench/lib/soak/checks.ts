@@ -25,7 +25,7 @@ export interface SlopeRule {
 
 export const SLOPE_RULES: Readonly<Record<SeriesName, SlopeRule>> = {
   rssMb: { label: 'RSS', unit: 'MB', rateFloor: 2, rateShare: 0.01, jitterFloor: 16, jitterShare: 0.15 },
-  heapUsedMb: { label: 'heap used (window low)', unit: 'MB', rateFloor: 1, rateShare: 0.01, jitterFloor: 8, jitterShare: 0.2 },
+  heapUsedMb: { label: 'live heap (after a full GC)', unit: 'MB', rateFloor: 1, rateShare: 0.01, jitterFloor: 8, jitterShare: 0.2 },
   handles: { label: 'active handles', unit: 'handles', rateFloor: 5, rateShare: 0.02, jitterFloor: 20, jitterShare: 0.1 },
   sockets: { label: 'sockets', unit: 'sockets', rateFloor: 5, rateShare: 0.02, jitterFloor: 20, jitterShare: 0.1 },
   eldP99Ms: { label: 'event-loop delay p99', unit: 'ms', rateFloor: 5, rateShare: 0.1, jitterFloor: 50, jitterShare: 1 },

@@ -13,6 +13,8 @@ export interface Sample {
   /** The probe's heapUsed at the sample and the lowest of its once-a-second readings in the window. */
   readonly heapUsedMb: number
   readonly heapUsedLowMb: number
+  /** The probe's heapUsed right after the full GC it forces at the end of the window: the live heap. */
+  readonly heapLiveMb: number
   readonly heapTotalMb: number
   readonly externalMb: number
   /** process.getActiveResourcesInfo().length, inside the proxy. */
@@ -51,6 +53,7 @@ export interface ModeResult {
     sockets: number
     handles: number
     heapUsedMb: number
+    heapLiveMb: number
     upstreamActiveStreams: number
     upstreamConnections: number
     secondsAfterLoad: number
@@ -81,11 +84,11 @@ const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '—')
 const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '—')
 
 export function sampleRow(s: Sample): string {
-  return `| ${s.t} | ${f1(s.rssMb)} | ${f1(s.heapUsedMb)} | ${f1(s.heapUsedLowMb)} | ${s.handles} | ${s.sockets} | ${f1(s.eldP99Ms)} | ${f1(s.eldMaxMs)} | ${s.openStreams} | ${s.started} |`
+  return `| ${s.t} | ${f1(s.rssMb)} | ${f1(s.heapUsedMb)} | ${f1(s.heapLiveMb)} | ${s.handles} | ${s.sockets} | ${f1(s.eldP99Ms)} | ${f1(s.eldMaxMs)} | ${s.openStreams} | ${s.started} |`
 }
 
 export const SAMPLE_HEADER = [
-  '| t s | RSS MB | heap used MB | heap low MB | handles | sockets | ELD p99 ms | ELD max ms | open streams | requests so far |',
+  '| t s | RSS MB | heap used MB | live heap MB | handles | sockets | ELD p99 ms | ELD max ms | open streams | requests so far |',
   '| --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |',
 ]
 
@@ -114,7 +117,7 @@ function modeMarkdown(m: ModeResult): string {
   )
   lines.push(...SAMPLE_HEADER, ...m.samples.map(sampleRow))
   lines.push(
-    `| after (+${m.after.secondsAfterLoad} s) | ${f1(m.after.rssMb)} | ${f1(m.after.heapUsedMb)} | | ${m.after.handles} | ${m.after.sockets} | | | 0 | ${c.started} |`,
+    `| after (+${m.after.secondsAfterLoad} s) | ${f1(m.after.rssMb)} | ${f1(m.after.heapUsedMb)} | ${f1(m.after.heapLiveMb)} | ${m.after.handles} | ${m.after.sockets} | | | 0 | ${c.started} |`,
     '',
   )
   lines.push(
@@ -192,7 +195,7 @@ export async function svgOf(m: ModeResult): Promise<string> {
   const series: [string, (s: Sample) => number][] = [
     ['RSS MB', (s) => s.rssMb],
     ['heap used MB', (s) => s.heapUsedMb],
-    ['heap used, window low MB', (s) => s.heapUsedLowMb],
+    ['live heap MB (after a full GC)', (s) => s.heapLiveMb],
     ['active handles', (s) => s.handles],
     ['sockets', (s) => s.sockets],
     ['event-loop delay p99 ms', (s) => s.eldP99Ms],
