@@ -19,8 +19,18 @@ import { parseArgs } from 'node:util'
  *   are `--chunk-delay-ms` apart; with 0 each one is still written on its own turn of the event loop
  *   (setImmediate), as a real stream's would be.
  * - `GET /models` → a list of 50 models (~6 KB).
- * - `GET /_bench/stats` → `{"activeStreams":N,"connections":N}`: streams still being written and open
- *   client connections (the memory phase checks that closed clients' streams stop upstream too).
+ * - `GET /_bench/stats` → `{"activeStreams":N,"connections":N,"faults":{…}}`: streams still being written,
+ *   open client connections (the memory phase checks that closed clients' streams stop upstream too),
+ *   and the faults injected so far by kind.
+ *
+ * For the soak (bench/soak.ts), two request headers the proxy forwards; a request without them is
+ * served exactly as above (one property lookup each):
+ *
+ * - `x-bench-chunk-delay-ms: N` → this stream's events N ms apart instead of `--chunk-delay-ms`.
+ * - `x-bench-fault: KIND[:PERCENT]` → with probability PERCENT % (default 100) per attempt, a fault:
+ *   `reset` (the connection is reset once the body is read, no response), `503` (a 503 with a JSON
+ *   error body), `cut` (a stream whose connection is reset after `x-bench-cut-after` events, default 3;
+ *   a non-streaming request is served normally).
  */
 
 const { values } = parseArgs({
@@ -175,6 +185,11 @@ const modelsHeaders: OutgoingHttpHeaders = { 'content-type': 'application/json',
 const notFoundBody = Buffer.from(JSON.stringify({ error: { message: 'Not found', type: 'not_found_error', code: 'not_found' } }))
 const notFoundHeaders: OutgoingHttpHeaders = { 'content-type': 'application/json', 'content-length': notFoundBody.length }
 
+const overloadedBody = Buffer.from(
+  JSON.stringify({ error: { message: 'bench upstream: overloaded (injected fault)', type: 'server_error', code: 'overloaded' } }),
+)
+const overloadedHeaders: OutgoingHttpHeaders = { 'content-type': 'application/json', 'content-length': overloadedBody.length }
+
 const STREAM_MARKER = Buffer.from('"stream":true')
 const INCLUDE_USAGE_MARKER = Buffer.from('"include_usage":true')
 
@@ -182,8 +197,11 @@ const INCLUDE_USAGE_MARKER = Buffer.from('"include_usage":true')
 
 /** Streams being written right now; `GET /_bench/stats` reports it (the memory phase reads it). */
 let activeStreams = 0
+/** Faults injected so far (`x-bench-fault`), by kind; in `GET /_bench/stats`. */
+const faults = { reset: 0, status503: 0, cut: 0 }
 
-function streamEvents(res: ServerResponse, total: number, withUsage: boolean): void {
+/** `cutAfter` ≥ 1: the connection is reset instead of writing event number `cutAfter` (-1: never). */
+function streamEvents(res: ServerResponse, total: number, withUsage: boolean, delayMs: number, cutAfter: number): void {
   res.writeHead(200, streamHeaders)
   let sent = 0
   let timer: NodeJS.Timeout | NodeJS.Immediate | undefined
@@ -200,6 +218,11 @@ function streamEvents(res: ServerResponse, total: number, withUsage: boolean): v
   const next = (): void => {
     timer = undefined
     if (closed) return
+    if (sent === cutAfter) {
+      faults.cut += 1
+      res.socket?.resetAndDestroy()
+      return
+    }
     if (sent === 0) res.write(firstEvent)
     else if (sent === total - 1) {
       res.write(lastEvent)
@@ -208,13 +231,38 @@ function streamEvents(res: ServerResponse, total: number, withUsage: boolean): v
       return
     } else res.write(middleEvents[(sent - 1) % middleEvents.length] as Buffer)
     sent += 1
-    timer = chunkDelayMs > 0 ? setTimeout(next, chunkDelayMs) : setImmediate(next)
+    timer = delayMs > 0 ? setTimeout(next, delayMs) : setImmediate(next)
   }
   // The first event goes out with the headers, like a model's first token.
   next()
 }
 
+/** The fault `x-bench-fault` asks for on this attempt, if the dice say so: its kind and, for `cut`, when. */
+function faultFor(header: string | string[]): 'reset' | '503' | 'cut' | undefined {
+  const [kind, percent] = String(header).split(':')
+  if (kind !== 'reset' && kind !== '503' && kind !== 'cut') return undefined
+  const chance = percent === undefined ? 100 : Number(percent)
+  return Math.random() * 100 < chance ? kind : undefined
+}
+
 function handleChat(req: IncomingMessage, res: ServerResponse, body: Buffer): void {
+  const faultHeader = req.headers['x-bench-fault']
+  let cutAfter = -1
+  if (faultHeader !== undefined) {
+    const fault = faultFor(faultHeader)
+    if (fault === 'reset') {
+      faults.reset += 1
+      req.socket.resetAndDestroy()
+      return
+    }
+    if (fault === '503') {
+      faults.status503 += 1
+      res.writeHead(503, overloadedHeaders)
+      res.end(overloadedBody)
+      return
+    }
+    if (fault === 'cut') cutAfter = Math.max(1, Number.parseInt(String(req.headers['x-bench-cut-after']), 10) || 3)
+  }
   if (body.indexOf(STREAM_MARKER) === -1) {
     res.writeHead(200, completionHeaders)
     res.end(completionBody)
@@ -222,7 +270,9 @@ function handleChat(req: IncomingMessage, res: ServerResponse, body: Buffer): vo
   }
   const asked = req.headers['x-bench-chunks']
   const total = typeof asked === 'string' ? Math.min(MAX_CHUNKS, Math.max(2, Number.parseInt(asked, 10) || DEFAULT_CHUNKS)) : DEFAULT_CHUNKS
-  streamEvents(res, total, body.indexOf(INCLUDE_USAGE_MARKER) !== -1)
+  const delayHeader = req.headers['x-bench-chunk-delay-ms']
+  const delayMs = delayHeader === undefined ? chunkDelayMs : Math.max(0, Number(delayHeader) || 0)
+  streamEvents(res, total, body.indexOf(INCLUDE_USAGE_MARKER) !== -1, delayMs, cutAfter)
 }
 
 const server = createServer({ keepAlive: true, noDelay: true }, (req, res) => {
@@ -246,7 +296,7 @@ const server = createServer({ keepAlive: true, noDelay: true }, (req, res) => {
     return
   }
   if (req.method === 'GET' && req.url === '/_bench/stats') {
-    const body = JSON.stringify({ activeStreams, connections: openConnections })
+    const body = JSON.stringify({ activeStreams, connections: openConnections, faults })
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
     res.end(body)
     req.resume()

@@ -5,11 +5,11 @@ import ts from 'typescript'
 import type { BenchPaths } from './paths.js'
 
 /**
- * upstream.ts and floor.ts are transpiled once to plain JS, so that they run on bare `node` like
+ * upstream.ts and floor.ts (and the soak's soak-probe.ts) are transpiled once to plain JS, so that they run on bare `node` like
  * dist/main.js does: no tsx loader thread or esbuild service skewing their CPU and RSS figures.
  * Returns the path of the .mjs file.
  */
-export function transpileHelper(name: 'upstream' | 'floor', paths: Pick<BenchPaths, 'bench' | 'build'>): string {
+export function transpileHelper(name: 'upstream' | 'floor' | 'soak-probe', paths: Pick<BenchPaths, 'bench' | 'build'>): string {
   mkdirSync(paths.build, { recursive: true })
   const source = readFileSync(join(paths.bench, `${name}.ts`), 'utf8')
   const output = ts.transpileModule(source, {

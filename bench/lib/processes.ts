@@ -52,8 +52,20 @@ export interface ProxyCommand {
   readonly cwd: string
 }
 
+/** What the soak adds to the proxy's command line: node flags before main.js (its `--import` probe) and environment. */
+export interface ProxyExtras {
+  readonly nodeArgs?: readonly string[]
+  readonly env?: Readonly<Record<string, string>>
+}
+
 /** Starts the real proxy (default config unless `configPath`); its pino log goes to `logFile`. */
-export async function startProxy(command: ProxyCommand, upstreamUrl: string, logFile: string, configPath?: string): Promise<BenchProcess> {
+export async function startProxy(
+  command: ProxyCommand,
+  upstreamUrl: string,
+  logFile: string,
+  configPath?: string,
+  extras?: ProxyExtras,
+): Promise<BenchProcess> {
   const env: NodeJS.ProcessEnv = { ...process.env }
   // The store and Redis URLs too: from the environment they would override the team targets' config.
   for (const name of [
@@ -69,8 +81,9 @@ export async function startProxy(command: ProxyCommand, upstreamUrl: string, log
     delete env[name]
   env.LOG_LEVEL = 'info'
   env.TOPROUTER_API_KEY = API_KEY
+  Object.assign(env, extras?.env)
   const logFd = openSync(logFile, 'w')
-  const args = [command.main, '--port', '0', '--upstream', upstreamUrl]
+  const args = [...(extras?.nodeArgs ?? []), command.main, '--port', '0', '--upstream', upstreamUrl]
   if (configPath !== undefined) args.push('--config', configPath)
   const child = spawn(process.execPath, args, { cwd: command.cwd, env, stdio: ['ignore', logFd, 'pipe'] })
   closeSync(logFd)
