@@ -3,7 +3,7 @@ import { PassThrough } from 'node:stream'
 import OpenAI from 'openai'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
-import { hasFinishReason, relayStream, type StreamEnding } from '../src/streaming/sse.js'
+import { hasCompleteDataEvent, hasFinishReason, relayStream, type StreamEnding } from '../src/streaming/sse.js'
 import { expectErrorShape } from './helpers/assert-error.js'
 import { chunkEvent, sendSse, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startProxy, type TestProxy } from './helpers/proxy.js'
@@ -88,6 +88,25 @@ const usage = { prompt_tokens: 11, completion_tokens: 4, total_tokens: 15 }
 const usageEvent = `data: ${JSON.stringify({ id: 'gen-456', object: 'chat.completion.chunk', created: 1760000000, model: MODEL, choices: [], usage })}\n\n`
 
 // ─── hasFinishReason and the relay, without sockets ─────────────────────────────────────────────
+
+t.test('hasCompleteDataEvent: a data line at the start of a line, then the blank line that ends its event', async (t) => {
+  const cases: [string, boolean][] = [
+    ['data: {"a":1}\n\n', true],
+    ['data:{"a":1}\r\n\r\n', true],
+    ['data: x\n\r\n', true],
+    ['data: x\r\n\n', true],
+    ['data: x\n', false],
+    ['data: x', false],
+    [': keep-alive\n\n', false],
+    [': keep-alive\n\ndata: x\n\n', true],
+    [': keep-alive\n\ndata: x\n', false],
+    [': a comment that says data: here\n\n', false],
+    ['event: message\ndata: x\n\n', true],
+    ['id: 1\n\n', false],
+    ['', false],
+  ]
+  for (const [text, expected] of cases) t.equal(hasCompleteDataEvent(Buffer.from(text)), expected, JSON.stringify(text))
+})
 
 t.test('hasFinishReason: a string value counts, null and a missing value do not', async (t) => {
   const cases: Array<[string, boolean]> = [

@@ -12,8 +12,10 @@ import { discardBody, type UpstreamResponse } from '../upstream/client.js'
 
 type Body = UpstreamResponse['body']
 
-const EVENT_BOUNDARY = /\r?\n\r?\n/
-const DATA_LINE = /(^|\n)data:/
+const DATA_FIELD = Buffer.from('data:')
+/** An event ends with a blank line: `\n\n`, and with CRs `\r\n\r\n` or `\n\r\n`, hold one of these. */
+const LF_LF = Buffer.from('\n\n')
+const LF_CR_LF = Buffer.from('\n\r\n')
 const DONE_EVENT = Buffer.from('data: [DONE]\n\n')
 // At the start of a line only: inside a JSON string a newline is escaped, so a delta whose text
 // mentions `data: [DONE]` cannot match. The relay's tail starts as '\n' for the stream's first line.
@@ -39,7 +41,7 @@ export function awaitFirstEvent(body: Body, options: FirstEventOptions): Promise
   const { signal } = options
   return new Promise((resolve) => {
     const chunks: Buffer[] = []
-    let text = ''
+    let length = 0
     const settle = (outcome: Buffer[] | Failure) => {
       clearTimeout(timer)
       body.off('data', onData)
@@ -57,9 +59,8 @@ export function awaitFirstEvent(body: Body, options: FirstEventOptions): Promise
     }
     const onData = (chunk: Buffer) => {
       chunks.push(chunk)
-      text += chunk.toString('latin1')
-      const match = lastBoundary(text)
-      if (match !== -1 && DATA_LINE.test(text.slice(0, match))) {
+      length += chunk.length
+      if (hasCompleteDataEvent(chunks.length === 1 ? chunk : Buffer.concat(chunks, length))) {
         body.pause()
         settle(chunks)
       }
@@ -88,11 +89,13 @@ export function awaitFirstEvent(body: Body, options: FirstEventOptions): Promise
 
 function ignoreError(): void {}
 
-function lastBoundary(text: string): number {
-  let last = -1
-  const pattern = new RegExp(EVENT_BOUNDARY.source, 'g')
-  for (let match = pattern.exec(text); match !== null; match = pattern.exec(text)) last = match.index
-  return last
+/** True when the bytes hold a `data:` line (at the start of a line) and, after it, the blank line that ends its event. */
+export function hasCompleteDataEvent(bytes: Buffer): boolean {
+  let at = bytes.indexOf(DATA_FIELD)
+  while (at > 0 && bytes[at - 1] !== 0x0a) at = bytes.indexOf(DATA_FIELD, at + 1)
+  if (at === -1) return false
+  const after = at + DATA_FIELD.length
+  return bytes.indexOf(LF_LF, after) !== -1 || bytes.indexOf(LF_CR_LF, after) !== -1
 }
 
 export type StreamEnding = 'done' | 'done_added' | 'cut' | 'stalled' | 'client_gone' | 'drained'
