@@ -49,6 +49,7 @@ interface SonicBoomState {
   flush(): void
   once(event: 'drain' | 'error', listener: () => void): unknown
   on(event: 'drain', listener: () => void): unknown
+  off(event: 'drain' | 'error', listener: () => void): unknown
 }
 
 /** How the one line per request (request-log.ts) ends; every other line is an event. */
@@ -110,19 +111,32 @@ function stdoutOf(logger: Logger): SonicBoomState | undefined {
  * on `proxy | pino-pretty`) an unflushed buffer would hang the exit. An async write that fails
  * instead emits 'error', which pino answers by turning the destination into a no-op.
  */
-export function drainLogs(logger: Logger, timeoutMs = 2000): Promise<void> {
+export async function drainLogs(logger: Logger, timeoutMs = 2000): Promise<void> {
   const stdout = stdoutOf(logger)
-  if (stdout === undefined) return Promise.resolve()
-  flushBuffered(stdout)
-  if (!stdout._writing) return Promise.resolve()
+  if (stdout === undefined) return
+  const deadline = Date.now() + timeoutMs
+  // A write that ends with fewer than a batch's bytes gathered behind it leaves them gathered: flush again.
+  while (stdout._len > 0 && !stdout.destroyed && Date.now() < deadline) {
+    flushBuffered(stdout)
+    if (!stdout._writing) return
+    if (await writeFailed(stdout, deadline - Date.now())) return
+  }
+}
+
+/** Waits for the write in flight: true if it failed, false once it drained (or the time is up). */
+function writeFailed(stdout: SonicBoomState, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, timeoutMs)
-    const done = () => {
+    const settle = (failed: boolean) => {
       clearTimeout(timer)
-      resolve()
+      stdout.off('drain', onDrain)
+      stdout.off('error', onError)
+      resolve(failed)
     }
-    stdout.once('drain', done)
-    stdout.once('error', done)
+    const onDrain = () => settle(false)
+    const onError = () => settle(true)
+    const timer = setTimeout(onDrain, Math.max(0, timeoutMs))
+    stdout.once('drain', onDrain)
+    stdout.once('error', onError)
   })
 }
 

@@ -9,6 +9,7 @@ import {
   drainBody,
   type ReceivedResponse,
   readBodyUpTo,
+  type SendOptions,
   type UpstreamClient,
   type UpstreamResponse,
   type UpstreamResponseHead,
@@ -103,13 +104,7 @@ export function createAttempter(deps: AttempterDeps): Attempter {
     let received: ReceivedResponse
     try {
       received = await upstream.receive({
-        method: spec.method,
-        path: spec.path,
-        headers: spec.headers,
-        body: spec.body,
-        signal: clock.signal,
-        headersTimeoutMs: responseContext.timeoutMs,
-        bodyTimeoutMs: responseContext.bodyTimeoutMs,
+        ...sendOptions(spec, clock, responseContext),
         bodyLimit,
         onHead(head) {
           trace.upstreamStatus = head.statusCode
@@ -135,15 +130,7 @@ export function createAttempter(deps: AttempterDeps): Attempter {
     const context = streamContext
     let response: UpstreamResponse
     try {
-      response = await upstream.send({
-        method: spec.method,
-        path: spec.path,
-        headers: spec.headers,
-        body: spec.body,
-        signal: clock.signal,
-        headersTimeoutMs: context.timeoutMs,
-        bodyTimeoutMs: context.bodyTimeoutMs,
-      })
+      response = await upstream.send(sendOptions(spec, clock, context))
     } catch (error: unknown) {
       return { ok: false, failure: failureFrom(error, clock.signal, context) }
     }
@@ -208,6 +195,18 @@ export function createAttempter(deps: AttempterDeps): Attempter {
   }
 
   return { attempt }
+}
+
+function sendOptions(spec: AttemptSpec, clock: RequestClock, context: TransportContext): SendOptions {
+  return {
+    method: spec.method,
+    path: spec.path,
+    headers: spec.headers,
+    body: spec.body,
+    signal: clock.signal,
+    headersTimeoutMs: context.timeoutMs,
+    bodyTimeoutMs: context.bodyTimeoutMs,
+  }
 }
 
 function notJson(statusCode: number, headers: UpstreamResponseHead['headers'], streamAsked: boolean): Failure {

@@ -74,30 +74,12 @@ export function buildUpstreamClient(upstream: Config['upstream']): UpstreamClien
   return {
     origin: url.origin,
     async send(options) {
-      const response = await pool.request({
-        method: options.method,
-        path: basePath + options.path,
-        headers: options.headers,
-        body: options.body ?? null,
-        signal: options.signal,
-        headersTimeout: options.headersTimeoutMs,
-        bodyTimeout: options.bodyTimeoutMs,
-      })
+      const response = await pool.request({ ...dispatchOptions(basePath, options), signal: options.signal })
       return { statusCode: response.statusCode, headers: response.headers, body: response.body }
     },
     receive(options) {
       return new Promise((resolve, reject) => {
-        pool.dispatch(
-          {
-            method: options.method,
-            path: basePath + options.path,
-            headers: options.headers,
-            body: options.body ?? null,
-            headersTimeout: options.headersTimeoutMs,
-            bodyTimeout: options.bodyTimeoutMs,
-          },
-          new ReceivingHandler(options, resolve, reject),
-        )
+        pool.dispatch(dispatchOptions(basePath, options), new ReceivingHandler(options, resolve, reject))
       })
     },
     async close() {
@@ -160,6 +142,17 @@ function clientClosingUnneededConnections(origin: URL, opts: object): Dispatcher
     })
   })
   return client
+}
+
+function dispatchOptions(basePath: string, options: SendOptions): Dispatcher.DispatchOptions {
+  return {
+    method: options.method,
+    path: basePath + options.path,
+    headers: options.headers,
+    body: options.body ?? null,
+    headersTimeout: options.headersTimeoutMs,
+    bodyTimeout: options.bodyTimeoutMs,
+  }
 }
 
 /**
