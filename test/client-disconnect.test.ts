@@ -3,6 +3,7 @@ import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { chunkEvent, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startProxy, type TestProxy } from './helpers/proxy.js'
+import { until } from './helpers/until.js'
 
 /**
  * SPEC § "Resilience semantics" → Client disconnect: when the client goes away the proxy aborts
@@ -28,15 +29,6 @@ function openStream(res: ServerResponse): void {
 }
 
 const closed = (res: ServerResponse) => new Promise<void>((resolve) => (res.destroyed ? resolve() : res.once('close', () => resolve())))
-
-async function until(condition: () => boolean, timeoutMs: number): Promise<boolean> {
-  const deadline = performance.now() + timeoutMs
-  while (!condition()) {
-    if (performance.now() > deadline) return false
-    await sleep(5)
-  }
-  return true
-}
 
 /** What the fake upstream saw of one request's connection. */
 interface UpstreamSide {

@@ -21,6 +21,7 @@ import {
 } from './helpers/fake-upstream.js'
 import { freshDatabase, pgRows, postgresSkip, privatePostgres, privatePostgresSkip, type Rows } from './helpers/postgres.js'
 import { needRedisServer, needSharedRedis, prefixFor, privateRedis, SHARED_REDIS } from './helpers/redis.js'
+import { until } from './helpers/until.js'
 
 /**
  * The fleet, as a user runs it: two replicas of the real CLI (`src/main.ts` through tsx, separate
@@ -224,16 +225,6 @@ async function metric(replica: Replica, name: string): Promise<number | undefine
 async function readyz(replica: Replica): Promise<{ status: number; body: Record<string, unknown> }> {
   const res = await request(`${replica.url}/readyz`)
   return { status: res.statusCode, body: (await res.body.json()) as Record<string, unknown> }
-}
-
-/** Polls until `condition` holds; false after `timeoutMs`. */
-async function until(condition: () => Promise<boolean> | boolean, timeoutMs: number, everyMs = 25): Promise<boolean> {
-  const deadline = performance.now() + timeoutMs
-  for (;;) {
-    if (await condition()) return true
-    if (performance.now() > deadline) return false
-    await sleep(everyMs)
-  }
 }
 
 /**

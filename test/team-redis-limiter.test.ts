@@ -11,6 +11,7 @@ import { completion, sendJson, sleep, startFakeUpstream } from './helpers/fake-u
 import { ask, now } from './helpers/limits.js'
 import { startTeamProxy } from './helpers/proxy.js'
 import { needRedisServer, needSharedRedis, prefixFor, privateRedis, SHARED_REDIS } from './helpers/redis.js'
+import { until } from './helpers/until.js'
 
 /**
  * The Redis-backed limiter as a fleet sees it: two limiter instances ("replicas") on one Redis
@@ -58,15 +59,6 @@ function commandsSent(limiter: RedisKeyLimiter): string[] {
 function refused(t: Test, admission: Admission, limit: string): void {
   t.equal(admission.ok, false, `refused for ${limit}`)
   if (!admission.ok) t.equal(admission.limit, limit)
-}
-
-async function until(condition: () => boolean, timeoutMs = 5_000): Promise<boolean> {
-  const started = Date.now()
-  while (!condition()) {
-    if (Date.now() - started > timeoutMs) return false
-    await sleep(20)
-  }
-  return true
 }
 
 t.test('rpm 5 across two replicas: the 6th admission (to either) is refused, retry ms > 0, remaining 0', async (t) => {

@@ -3,6 +3,7 @@ import t from 'tap'
 import { Agent, request } from 'undici'
 import { chunkEvent, sendJson, sleep, startFakeUpstream } from './helpers/fake-upstream.js'
 import { startProxy } from './helpers/proxy.js'
+import { until } from './helpers/until.js'
 
 /**
  * Upstream connections after a burst of client aborts (issue 12, point 3; nodejs/undici#5845):
@@ -18,15 +19,6 @@ const STREAMS = 200
 const auth = { authorization: 'Bearer sk-client-key', 'content-type': 'application/json' }
 
 const chatBody = (stream: boolean) => JSON.stringify({ model: MODEL, stream, messages: [{ role: 'user', content: 'hi' }] })
-
-async function until(condition: () => boolean, timeoutMs: number): Promise<boolean> {
-  const deadline = performance.now() + timeoutMs
-  while (!condition()) {
-    if (performance.now() > deadline) return false
-    await sleep(10)
-  }
-  return true
-}
 
 t.test(
   `${STREAMS} streams aborted mid-stream leave a handful of upstream connections, not one each; keep-alive still reuses one`,
