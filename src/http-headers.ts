@@ -55,6 +55,18 @@ export function forwardableRequestHeaders(incoming: IncomingHttpHeaders): Header
   return out
 }
 
+/** TopRouter's `x-ratelimit-*`: they describe the gateway's shared key, so a team member gets its key's own instead. */
+export function isRateLimitHeader(name: string): boolean {
+  return name.startsWith('x-ratelimit-')
+}
+
+/** A copy of `headers` without the `x-ratelimit-*`. */
+export function withoutRateLimitHeaders(headers: HeaderMap): HeaderMap {
+  const out: HeaderMap = {}
+  for (const name in headers) if (!isRateLimitHeader(name)) out[name] = headers[name] as string | string[]
+  return out
+}
+
 /**
  * Upstream response headers → headers for the client, on a response whose body is passed through.
  * A header whose value contains `secret` (the gateway key, echoed by a careless upstream) is dropped;
@@ -73,7 +85,7 @@ export function forwardableResponseHeaders(
     if (value === undefined) continue
     if (HOP_BY_HOP.has(name) || (!keepLength && FRAMING_ON_RESPONSE.has(name)) || name === 'date') continue
     if (listed?.has(name) || (secret !== undefined && containsSecret(value, secret))) continue
-    if (withoutRateLimits && name.startsWith('x-ratelimit-')) continue
+    if (withoutRateLimits && isRateLimitHeader(name)) continue
     out[name] = value
   }
   return out

@@ -46,9 +46,3 @@ export function commit(reply: FastifyReply, served: Served, options: CommitOptio
   reply.raw.writeHead(response.statusCode, reply.getHeaders() as OutgoingHttpHeaders)
   return relayStream(response.body, firstChunks, reply.raw, options.streamIdleTimeoutMs, options.tap, options.resume)
 }
-
-/** Drops the upstream's `x-ratelimit-*` and sets the key's own in their place. */
-export function replaceRateLimitHeaders(headers: Record<string, unknown>, own: Readonly<Record<string, string>>): void {
-  for (const name in headers) if (name.startsWith('x-ratelimit-')) delete headers[name]
-  Object.assign(headers, own)
-}

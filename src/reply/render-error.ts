@@ -3,6 +3,7 @@ import { STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { ProxyError, proxyError } from '../errors.js'
+import { isRateLimitHeader } from '../http-headers.js'
 
 /**
  * The one renderer of errors: whatever went wrong, the client gets the error shape, the right
@@ -20,7 +21,7 @@ const RENDERER_OWNED = new Set(['content-type', 'content-length', 'x-should-retr
 export function sendError(reply: FastifyReply, error: ProxyError, rateLimitHeaders?: Readonly<Record<string, string>>): FastifyReply {
   if (error.headers !== undefined) {
     for (const name in error.headers) {
-      if (RENDERER_OWNED.has(name) || (rateLimitHeaders !== undefined && name.startsWith('x-ratelimit-'))) continue
+      if (RENDERER_OWNED.has(name) || (rateLimitHeaders !== undefined && isRateLimitHeader(name))) continue
       reply.header(name, error.headers[name])
     }
   }

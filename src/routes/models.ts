@@ -1,8 +1,7 @@
 import type { FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
 import { proxyError } from '../errors.js'
-import { forwardableResponseHeaders, type HeaderMap } from '../http-headers.js'
+import { forwardableResponseHeaders, withoutRateLimitHeaders } from '../http-headers.js'
 import type { CachedModels, CachedResponse, ModelsCache } from '../models-cache.js'
-import { replaceRateLimitHeaders } from '../reply/commit.js'
 import type { TeamGateway } from '../team/gateway.js'
 import type { Retrier, RetryOutcome } from '../upstream/retrier.js'
 import { querySuffix } from './table.js'
@@ -77,7 +76,7 @@ export function createModelsHandlers(deps: ModelsRouteDeps): { list: RouteHandle
       const key = await team?.authenticate(request.headers.authorization)
       const models = await cachedModels(request, reply, querySuffix(request.url))
       const { statusCode, headers, body } = models.response
-      reply.code(statusCode).headers(key === undefined ? headers : withoutRateLimits(headers))
+      reply.code(statusCode).headers(key === undefined ? headers : withoutRateLimitHeaders(headers))
       return reply.send(key !== undefined && team !== undefined && statusCode === 200 ? team.modelListFor(key, body) : body)
     },
     async one(request, reply) {
@@ -91,11 +90,4 @@ export function createModelsHandlers(deps: ModelsRouteDeps): { list: RouteHandle
       return reply.send(model)
     },
   }
-}
-
-/** A member sees no `x-ratelimit-*` of the gateway's shared key. */
-function withoutRateLimits(headers: HeaderMap): HeaderMap {
-  const copy = { ...headers }
-  replaceRateLimitHeaders(copy, {})
-  return copy
 }
